@@ -1,0 +1,106 @@
+"""python -m vitlib download|train|predict|bench: headless runs on the code the notebooks call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _download(args) -> int:
+    from .data import prepare_data
+
+    ds = prepare_data(args.data)
+    if args.require_real and ds.synthetic:
+        print("Refusing: this needs real photos, and the data resolved to the synthetic sample. Set VITLIB_DATA "
+              "to a folder holding train.zip and test.zip, or add Kaggle credentials.", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _train(args) -> int:
+    from .data import prepare_data
+    from .presets import get_preset
+    from .train import fit
+
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+                                  ("seed", args.seed)) if v is not None}
+    preset = get_preset(args.preset, **changes)
+    run = fit(preset, prepare_data(args.data), run_dir=args.run_dir, resume=not args.fresh, device=args.device,
+              progress=not args.no_progress)
+    best = run.history.loc[run.history["val_loss"].idxmin()]
+    print(f"best epoch {int(best.epoch)}: val acc {best.val_acc:.4f}, val log loss {best.val_loss:.4f}; "
+          f"checkpoints and history.csv in {run.run_dir}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .data import prepare_data
+    from .submit import predict_to_csv
+
+    predict_to_csv(args.checkpoint, prepare_data(args.data), Path(args.out), tta=not args.no_tta,
+                   calibrate=not args.no_calibrate, submit_message=args.submit, device=args.device)
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_benchmark
+
+    run_benchmark(data=args.data, seconds=args.seconds, train_steps=args.train_steps, out=args.out,
+                  time_to_target=args.time_to_target)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vitlib", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    data_help = "auto (default, or $VITLIB_DATA), sample, kaggle, or a folder/zip path"
+
+    d = sub.add_parser("download", help="download or extract the data and check it")
+    d.add_argument("--data", default=None, help=data_help)
+    d.add_argument("--require-real", action="store_true", help="fail unless the data is real photos")
+    d.set_defaults(func=_download)
+
+    t = sub.add_parser("train", help="train a preset; resumes an interrupted run")
+    t.add_argument("--preset", default="cpu", help="sample, cpu, seed or gpu")
+    t.add_argument("--data", default=None, help=data_help)
+    t.add_argument("--run-dir", default=None, help="default: runs/<preset>-<data>")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
+    t.add_argument("--fresh", action="store_true", help="refuse to resume (fails if the run dir has a run)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser("predict", help="predict the test folder and write a validated submission.csv")
+    r.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    r.add_argument("--data", default=None, help=data_help)
+    r.add_argument("--out", default="submission.csv")
+    r.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
+    r.add_argument("--no-calibrate", action="store_true", help="no temperature scaling fitted on validation")
+    r.add_argument("--submit", metavar="MESSAGE", default=None, help="also submit to Kaggle with this message")
+    r.add_argument("--device", default=None)
+    r.set_defaults(func=_predict)
+
+    b = sub.add_parser("bench", help="seed data pipeline against vitlib's, images/s and time to 0.683")
+    b.add_argument("--data", default=None, help=data_help)
+    b.add_argument("--seconds", type=float, default=20, help="time spent measuring each pipeline")
+    b.add_argument("--train-steps", type=int, default=20, help="training steps timed per pipeline")
+    b.add_argument("--time-to-target", action="store_true", help="also train the cpu preset to 0.683 (minutes)")
+    b.add_argument("--out", default=None, help="write the results as JSON here")
+    b.set_defaults(func=_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from .data import DataError
+    from .download import KaggleError
+
+    try:
+        return args.func(args)
+    except (DataError, KaggleError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,410 @@
+"""The data on disk: where it comes from, safe extraction, an index of the files, and the split.
+
+Kaggle (or a folder/zip you downloaded by hand, or the built-in synthetic sample) ends up as one
+folder holding `train/` (`cat.N.jpg`, `dog.N.jpg`), a test folder (`test/` for the redux
+competition, `test1/` for the original) and the sample submission. `prepare_data()` gets you there
+and returns a `DogsVsCats` that says where everything is and what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import download
+
+DATA_ENV = "VITLIB_DATA"  # "auto" (default), "sample", "kaggle", or a path to a folder or zip
+DATA_DIR_ENV = "VITLIB_DATA_DIR"  # where downloads and extracted folders go (default: the repo's data/)
+
+# What the competitions ship; a different count is reported.
+SHIPPED = {"train": 25_000, "test": 12_500}
+TEST_FOLDERS = ("test", "test1")  # redux, original
+SUBMISSION_FILES = ("sample_submission.csv", "sampleSubmission.csv")
+CLASSES = ("cat", "dog")  # label 0, label 1: the competition scores P(dog)
+_LABELLED = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
+_UNLABELLED = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
+
+
+class DataError(RuntimeError):
+    """The data on disk is not what it should be; the message says what to do."""
+
+
+class UnsafeArchiveError(DataError):
+    """A zip entry would land outside the folder it is extracted to."""
+
+
+class DataWarning(UserWarning):
+    """The data is usable but not what the competition ships (a partial copy, say)."""
+
+
+_formatwarning = warnings.formatwarning
+
+
+def _format(message, category, filename, lineno, line=None):
+    """vitlib's own warnings without a file path, so notebook outputs name no machine's folders."""
+    if issubclass(category, DataWarning):
+        return f"{category.__name__}: {message}\n"
+    return _formatwarning(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format
+
+
+def project_dir(sub: str) -> Path:
+    """`<repo>/<sub>` in a source checkout, else `./<sub>` (Colab, pip installs)."""
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file() and (repo / "notebooks").is_dir():
+        return repo / sub
+    return Path.cwd() / sub
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or project_dir("data")).expanduser()
+
+
+@dataclass(frozen=True)
+class DogsVsCats:
+    """One prepared copy of the data."""
+
+    name: str  # "dogs-vs-cats-redux-kernels-edition", "dogs-vs-cats-dev", "sample", ...
+    kind: str  # "kaggle", "local" or "sample"
+    root: Path
+    train_dir: Path
+    test_dir: Path | None
+    sample_submission: Path | None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.kind == "sample"
+
+    def describe(self) -> str:
+        """How every plot and summary names this data, so the sample is never taken for photos."""
+        if self.synthetic:
+            return "SYNTHETIC sample (drawn shapes, not photos)"
+        where = "Kaggle download" if self.kind == "kaggle" else "local copy"
+        return f"real photos: {where} '{self.name}'"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def path(self, relative: str) -> Path:
+        """The absolute path of a file named relative to `root` (as in the index)."""
+        return self.root / relative
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing a source
+
+
+def prepare_data(source: str | os.PathLike | None = None, dest: Path | None = None,
+                 verbose: bool = True) -> DogsVsCats:
+    """Get the data onto disk, extracted and checked; a second call is a fast no-op.
+
+    source: "auto" (default; also read from $VITLIB_DATA): the Kaggle data already in `dest`,
+    else a download when Kaggle credentials exist, else the synthetic sample (said loudly).
+    "kaggle": download. "sample": the built-in sample. A path: a folder holding train.zip and
+    test.zip (or train/ and test/ already extracted), or the competition zip itself.
+    """
+    source = str(source if source is not None else os.environ.get(DATA_ENV) or "auto")
+    dest = Path(dest) if dest is not None else data_dir()
+    if source == "auto":
+        ds = _auto(dest)
+    elif source == "sample":
+        ds = _sample(dest)
+    elif source == "kaggle":
+        ds = _kaggle(dest)
+    else:
+        ds = _local(Path(source).expanduser(), dest)
+    if verbose:
+        print(f"vitlib data: {ds.describe()}")
+    check_counts(ds, warn=True)
+    return ds
+
+
+def _auto(dest: Path) -> DogsVsCats:
+    for name in (download.COMPETITION, download.ORIGINAL_COMPETITION):
+        folder = dest / name
+        if _has_images(folder / "train") or any(folder.glob("*.zip")):
+            return _layout(folder, name, "kaggle")
+    if download.credential_source() is not None:
+        return _kaggle(dest)
+    banner = ("No Kaggle data in {dest} and no Kaggle credentials: using the built-in SYNTHETIC sample "
+              "(drawn shapes, not photos). For the real photos add Kaggle credentials, or set "
+              "VITLIB_DATA to a folder holding train.zip and test.zip.")
+    print("!" * 100 + "\n" + banner.format(dest=dest) + "\n" + "!" * 100)
+    return _sample(dest)
+
+
+def _sample(dest: Path) -> DogsVsCats:
+    from . import sample
+
+    folder = dest / "sample"
+    sample.write_sample(folder)
+    return _layout(folder, "sample", "sample")
+
+
+def _kaggle(dest: Path, competition: str = download.COMPETITION) -> DogsVsCats:
+    folder = dest / competition
+    download.download_competition(folder, competition)
+    return _layout(folder, competition, "kaggle")
+
+
+def _local(source: Path, dest: Path) -> DogsVsCats:
+    if not source.exists():
+        raise DataError(
+            f"{source} does not exist. Point VITLIB_DATA (or prepare_data) at a folder holding "
+            "train.zip and test.zip from https://www.kaggle.com/c/dogs-vs-cats-redux-kernels-edition/data, "
+            "at that folder once extracted (train/ and test/), or at the competition zip itself.")
+    if source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise DataError(f"{source} is not a zip file (a truncated download?). Download it again.")
+        folder = dest / source.stem
+        extract_zip(source, folder)
+        return _layout(folder, source.stem, "local")
+    if _within(source, dest) or not any(source.glob("*.zip")):
+        return _layout(source, source.name, "local")  # extracted by hand, or already ours
+    folder = dest / source.name
+    return _layout(folder, source.name, "local", zips_from=source)
+
+
+def _layout(folder: Path, name: str, kind: str, zips_from: Path | None = None) -> DogsVsCats:
+    """Extract whatever zips `folder` (or `zips_from`) holds into `folder`, then find the parts."""
+    zips_from = zips_from or folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for outer in sorted(zips_from.glob("*.zip")):  # a competition zip wraps train.zip, test.zip, csv
+        if _is_wrapper(outer):
+            extract_zip(outer, folder)
+    for csv_name in SUBMISSION_FILES:
+        src = zips_from / csv_name
+        if src.is_file() and not (folder / csv_name).is_file():
+            shutil.copyfile(src, folder / csv_name)
+    for part in ("train", *TEST_FOLDERS):
+        for where in dict.fromkeys((zips_from, folder)):
+            if (where / f"{part}.zip").is_file():
+                extract_zip(where / f"{part}.zip", folder)
+                break
+    train = folder / "train"
+    if not _has_images(train):
+        raise DataError(
+            f"No train/ folder with images in '{folder.name}' (looked for train/ and train.zip). "
+            "Expected the Kaggle layout: train.zip (train/cat.N.jpg, train/dog.N.jpg), test.zip, "
+            "sample_submission.csv.")
+    test = next((folder / t for t in TEST_FOLDERS if (folder / t).is_dir()), None)
+    csv = next((folder / c for c in SUBMISSION_FILES if (folder / c).is_file()), None)
+    return DogsVsCats(name, kind, folder, train, test, csv)
+
+
+def _is_wrapper(zip_path: Path) -> bool:
+    with zipfile.ZipFile(zip_path) as zf:
+        return any(PurePosixPath(n).name == "train.zip" for n in zf.namelist())
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*.jp*g"))
+
+
+def _within(path: Path, parent: Path) -> bool:
+    try:
+        path.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe, atomic extraction
+
+
+def check_archive(zf: zipfile.ZipFile) -> list[str]:
+    """The top-level names of a zip whose every entry stays inside the folder it is extracted to.
+
+    Refuses (UnsafeArchiveError) absolute paths, drive letters, `..` and symbolic links: a crafted
+    zip could otherwise write anywhere on disk ("zip slip").
+    """
+    tops = []
+    for info in zf.infolist():
+        name = info.filename.replace("\\", "/")
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            raise UnsafeArchiveError(f"Refusing to extract {zf.filename}: entry {info.filename!r} "
+                                     "would land outside the target folder.")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UnsafeArchiveError(f"Refusing to extract {zf.filename}: entry {info.filename!r} "
+                                     "is a symbolic link.")
+        if parts and parts[0] not in tops:
+            tops.append(parts[0])
+    return tops
+
+
+def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
+    """Extract `zip_path` into `dest`, safely and atomically; return the top-level paths.
+
+    Everything is extracted into a hidden staging folder first and renamed into place, then a
+    completion marker is written. An interrupted run leaves no marker and is redone; with the
+    marker present (and the zip unchanged) this is a fast no-op. A folder already in the way is
+    kept, renamed `<name>.old-N`, never deleted.
+    """
+    zip_path, dest = Path(zip_path), Path(dest)
+    st = zip_path.stat()
+    stamp = {"zip": zip_path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    marker = dest / f".{zip_path.name}.complete"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if {k: done.get(k) for k in stamp} == stamp and all((dest / t).exists() for t in done["tops"]):
+            return [dest / t for t in done["tops"]]
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{zip_path.name} is not a readable zip ({e}): probably a truncated download. "
+                        "Delete it and download it again.") from None
+    with zf:
+        tops = check_archive(zf)
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = dest / f".{zip_path.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)  # ours, from an interrupted run
+        try:
+            zf.extractall(staging)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DataError(f"Extracting {zip_path.name} failed ({e}): the zip is damaged or the disk "
+                            "is full. Nothing was changed; delete the zip and download it again.") from None
+    marker.unlink(missing_ok=True)
+    for top in tops:
+        final = dest / top
+        if final.exists():
+            aside = _free_name(final)
+            os.replace(final, aside)
+            warnings.warn(f"{final.name} was in the way of a fresh extraction of {zip_path.name} "
+                          f"(an earlier run stopped halfway?); kept it as {aside.name}.", DataWarning,
+                          stacklevel=2)
+        os.replace(staging / top, final)
+    shutil.rmtree(staging, ignore_errors=True)
+    _write_atomic(marker, json.dumps({**stamp, "tops": tops}))
+    return [dest / t for t in tops]
+
+
+def _free_name(path: Path) -> Path:
+    n = 1
+    while path.with_name(f"{path.name}.old-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}.old-{n}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity, index, split
+
+
+def count_images(folder: Path | None) -> int:
+    return 0 if folder is None else sum(1 for _ in folder.glob("*.jp*g"))
+
+
+def check_counts(ds: DogsVsCats, warn: bool = False) -> pd.DataFrame:
+    """Images found against what the competition ships (the sample against what it was made with)."""
+    if ds.synthetic:
+        from . import sample
+
+        expected = {"train": sample.N_TRAIN, "test": sample.N_TEST}
+    else:
+        expected = SHIPPED
+    rows = []
+    for part, folder in (("train", ds.train_dir), ("test", ds.test_dir)):
+        found = count_images(folder)
+        rows.append({"folder": folder.name if folder else f"({part} missing)", "images": found,
+                     "expected": expected[part], "ok": found == expected[part]})
+    table = pd.DataFrame(rows)
+    if warn and not table["ok"].all():
+        parts = ", ".join(f"{r.folder}: {r.images:,} (expected {r.expected:,})" for r in table.itertuples()
+                          if not r.ok)
+        warnings.warn(f"{ds.name}: {parts}. Fine for a partial copy such as a dev subset; for the "
+                      "competition itself, download again.", DataWarning, stacklevel=2)
+    return table
+
+
+def parse_label(filename: str) -> int:
+    """`cat.12.jpg` -> 0, `dog.7.jpg` -> 1 (any folder, any OS: only the file name counts)."""
+    m = _LABELLED.match(Path(filename).name)
+    if m is None:
+        raise ValueError(f"{filename!r} is not named cat.N.jpg or dog.N.jpg")
+    return CLASSES.index(m.group(1).lower())
+
+
+def index_images(ds: DogsVsCats, part: str = "train") -> pd.DataFrame:
+    """One row per image: `file` (relative to ds.root), `id`, and for train `label` and `class`.
+
+    Files that do not follow the competition's names are reported and left out.
+    """
+    folder = ds.train_dir if part == "train" else ds.test_dir
+    if folder is None:
+        raise DataError(f"{ds.name} has no test folder (looked for {', '.join(TEST_FOLDERS)}).")
+    pattern = _LABELLED if part == "train" else _UNLABELLED
+    rows, odd = [], []
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
+        if m is None:
+            if not p.name.startswith("."):
+                odd.append(p.name)
+            continue
+        row = {"file": p.relative_to(ds.root).as_posix(), "id": int(m.group(m.lastindex))}
+        if part == "train":
+            row["label"] = CLASSES.index(m.group(1).lower())
+            row["class"] = CLASSES[row["label"]]
+        rows.append(row)
+    if odd:
+        warnings.warn(f"Left out {len(odd)} file(s) in {folder.name}/ not named like the competition's: "
+                      f"{', '.join(sorted(odd)[:5])}", DataWarning, stacklevel=2)
+    keys = ["label", "id"] if part == "train" else ["id"]
+    cols = ["file", "id", "label", "class"] if part == "train" else ["file", "id"]
+    return pd.DataFrame(rows, columns=cols).sort_values(keys, ignore_index=True)
+
+
+def split_train_val(index: pd.DataFrame, val_fraction: float = 0.2, seed: int = 42) -> pd.DataFrame:
+    """A copy of `index` with a `split` column: a seeded split, stratified by label.
+
+    The same files and seed always give the same split, whatever order the files were listed in.
+    """
+    out = index.sort_values(["label", "id"], ignore_index=True)
+    split = np.full(len(out), "train", dtype=object)
+    rng = np.random.default_rng(seed)
+    for label in sorted(out["label"].unique()):
+        rows = np.flatnonzero(out["label"].to_numpy() == label)
+        take = rng.permutation(rows)[: round(len(rows) * val_fraction)]
+        split[take] = "val"
+    out["split"] = split
+    return out
+
+
+def image_info(ds: DogsVsCats, index: pd.DataFrame, workers: int = 8) -> pd.DataFrame:
+    """`index` plus width, height, mode and bytes from each file's header (no full decode)."""
+
+    def info(rel):
+        p = ds.path(rel)
+        try:
+            with Image.open(p) as im:
+                return im.width, im.height, im.mode, p.stat().st_size
+        except (OSError, SyntaxError, ValueError):
+            return 0, 0, "unreadable", p.stat().st_size
+
+    with ThreadPoolExecutor(workers) as pool:
+        got = list(pool.map(info, index["file"]))
+    out = index.copy()
+    out[["width", "height", "mode", "bytes"]] = pd.DataFrame(got, index=out.index)
+    out["aspect"] = out["width"] / out["height"].where(out["height"] > 0)
+    return out

@@ -1,0 +1,181 @@
+"""Kaggle: find credentials, download the competition, and turn failures into instructions.
+
+`import kaggle` has side effects (it authenticates at import, prints a help text and creates
+~/.config/kaggle when it finds no credentials), so this module looks for credentials itself first
+and imports kaggle only when it is about to use it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+COMPETITION = "dogs-vs-cats-redux-kernels-edition"
+ORIGINAL_COMPETITION = "dogs-vs-cats"
+
+
+def rules_url(competition: str = COMPETITION) -> str:
+    return f"https://www.kaggle.com/c/{competition}/rules"
+
+
+class KaggleError(RuntimeError):
+    """A Kaggle problem the user can fix; the message says how."""
+
+
+NO_CREDENTIALS = """No Kaggle credentials found. Do one of these, then run again:
+  * create a token at https://www.kaggle.com/settings (API > Create New Token) and either
+      - set KAGGLE_API_TOKEN=<token> (or save it to ~/.kaggle/access_token), or
+      - save the downloaded kaggle.json as ~/.kaggle/kaggle.json (chmod 600), or
+      - set KAGGLE_USERNAME and KAGGLE_KEY;
+  * in Colab, add KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY) as secrets (key icon, left bar);
+  * or skip Kaggle: download train.zip and test.zip by hand from {url}
+    and point vitlib at their folder: VITLIB_DATA=/path/to/folder (or prepare_data("/path/to/folder")).
+Without any of these, the notebooks use the built-in synthetic sample."""
+
+
+def credential_source(env: dict | None = None, home: Path | None = None) -> str | None:
+    """Where the kaggle package would find credentials, in its own order, or None.
+
+    Checks the environment and files only: no network, no `import kaggle`.
+    """
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else Path(home)
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    for name in ("access_token", "access_token.txt"):
+        if (home / ".kaggle" / name).is_file():
+            return f"~/.kaggle/{name}"
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    config_dirs = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
+    config_dirs += [home / ".kaggle", home / ".config" / "kaggle"]
+    for folder in config_dirs:
+        if (folder / "kaggle.json").is_file():
+            return str(folder / "kaggle.json").replace(str(home), "~", 1)
+    if (home / ".kaggle" / "credentials.json").is_file():
+        return "~/.kaggle/credentials.json (OAuth)"
+    return None
+
+
+def load_colab_secrets(env: dict | None = None) -> list[str]:
+    """In Colab, copy Kaggle secrets into the environment (before kaggle is imported).
+
+    Returns the names copied; outside Colab, or with no secrets granted, an empty list.
+    """
+    if "google.colab" not in sys.modules:
+        return []
+    env = os.environ if env is None else env
+    from google.colab import userdata  # type: ignore[import-not-found]
+
+    copied = []
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        if env.get(name):
+            continue
+        try:
+            value = userdata.get(name)
+        except Exception:  # SecretNotFoundError, NotebookAccessError: not granted to this notebook
+            continue
+        if value:
+            env[name] = value
+            copied.append(name)
+    return copied
+
+
+def explain(error: BaseException, competition: str = COMPETITION) -> KaggleError:
+    """Turn an exception from the kaggle package into a KaggleError that says what to do."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, SystemExit) or status == 401:
+        return KaggleError(
+            "Kaggle rejected the credentials (401 Unauthorized). Create a new token at "
+            "https://www.kaggle.com/settings and replace the old one "
+            f"(KAGGLE_API_TOKEN, ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY).\n{error}"
+        )
+    if status == 403:
+        return KaggleError(
+            "Kaggle refused the download (403 Forbidden): you must accept this competition's rules "
+            f"before you can download its files. Open {rules_url(competition)} , click "
+            "'I Understand and Accept' (signed in as the account of your token), then run again."
+        )
+    if status == 404:
+        return KaggleError(f"Kaggle has no competition named {competition!r} (404 Not Found).")
+    if status is not None:
+        return KaggleError(f"Kaggle answered HTTP {status} for {competition!r}: {error}")
+    if _is_network_error(error):
+        return KaggleError(
+            "Could not reach Kaggle (no network?). Check the connection and run again, or download "
+            f"train.zip and test.zip by hand from https://www.kaggle.com/c/{competition}/data "
+            "and point vitlib at their folder (VITLIB_DATA=/path/to/folder)."
+        )
+    return KaggleError(f"Kaggle download failed: {error!r}")
+
+
+def _is_network_error(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import requests
+    except ImportError:
+        return False
+    return isinstance(error, (requests.ConnectionError, requests.Timeout))
+
+
+def kaggle_api():
+    """An authenticated `KaggleApi`, or a KaggleError that says how to get one."""
+    load_colab_secrets()
+    if credential_source() is None:
+        raise KaggleError(NO_CREDENTIALS.format(url=f"https://www.kaggle.com/c/{COMPETITION}/data"))
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError as e:
+        raise KaggleError(
+            "The kaggle package is not installed: pip install 'vitlib[kaggle]' "
+            "(or pip install 'kaggle>=2.2.4' six)."
+        ) from e
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except (Exception, SystemExit) as e:
+        raise explain(e) from None
+    return api
+
+
+def download_competition(dest: Path, competition: str = COMPETITION, api=None) -> Path:
+    """Download `<competition>.zip` into `dest` and return its path.
+
+    A zip already there that opens is kept (a second call is a no-op). The download goes to a
+    temporary folder and is renamed into place only when complete, so an interrupted download never
+    looks finished. `api` is anything with `competition_download_files(competition, path=, quiet=)`;
+    by default the real, authenticated KaggleApi.
+    """
+    dest = Path(dest)
+    target = dest / f"{competition}.zip"
+    if target.is_file() and zipfile.is_zipfile(target):
+        return target
+    api = kaggle_api() if api is None else api
+    staging = dest / f".{competition}.download"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        api.competition_download_files(competition, path=str(staging), quiet=False)
+    except (Exception, SystemExit) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise explain(e, competition) from None
+    got = staging / target.name
+    if not (got.is_file() and zipfile.is_zipfile(got)):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise KaggleError(f"Kaggle's download of {competition!r} did not produce a readable {target.name}.")
+    os.replace(got, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def submit(csv_path: Path, message: str, competition: str = COMPETITION, api=None):
+    """Submit a csv to the competition; the same clear errors as the download."""
+    api = kaggle_api() if api is None else api
+    try:
+        return api.competition_submit(str(csv_path), message, competition, quiet=False)
+    except (Exception, SystemExit) as e:
+        raise explain(e, competition) from None

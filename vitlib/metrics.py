@@ -1,0 +1,35 @@
+"""What the competition scores (log loss of P(dog)) and what people read (accuracy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+EPS = 1e-15  # Kaggle clips predictions to [EPS, 1 - EPS] before scoring
+
+
+def log_loss(labels, p_dog, eps: float = EPS) -> float:
+    """The competition's metric: mean binary cross-entropy of P(dog), clipped as Kaggle does."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(p_dog, dtype=np.float64), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def accuracy(labels, p_dog) -> float:
+    return float(np.mean((np.asarray(p_dog) > 0.5) == (np.asarray(labels) == 1)))
+
+
+def confusion(labels, p_dog) -> pd.DataFrame:
+    """Counts, rows the true class, columns the predicted one."""
+    y = np.asarray(labels).astype(int)
+    pred = (np.asarray(p_dog) > 0.5).astype(int)
+    m = np.zeros((2, 2), int)
+    np.add.at(m, (y, pred), 1)
+    names = ["cat", "dog"]
+    return pd.DataFrame(m, index=pd.Index(names, name="true"), columns=pd.Index(names, name="predicted"))
+
+
+def time_to_accuracy(history: pd.DataFrame, target: float) -> float | None:
+    """Seconds from the start (caching included) to the first epoch at `target` validation accuracy."""
+    hit = history[history["val_acc"] >= target]
+    return None if hit.empty else float(hit["elapsed_s"].iloc[0])

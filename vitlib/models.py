@@ -1,0 +1,125 @@
+"""The models: vit-pytorch's efficient ViT with a Linformer (the seed's), and the standard ViT.
+
+Both cut the image into patches, project each to `dim`, prepend a CLS token, add a learned
+position embedding, run a transformer and classify from the CLS token (or the mean token). They
+differ in the attention: full softmax attention over all n tokens, or Linformer's, whose keys and
+values are first projected along the sequence from n to k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from linformer import Linformer
+from torch import nn
+from vit_pytorch.efficient import ViT as EfficientViT
+from vit_pytorch.vit import ViT as FullViT
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 224
+    patch_size: int = 32
+    dim: int = 128
+    depth: int = 12
+    heads: int = 8
+    attention: str = "linformer"  # or "full"
+    k: int = 64  # Linformer: keys and values are projected along the sequence to this length
+    pool: str = "cls"  # or "mean"
+    dropout: float = 0.0
+    pos_init_std: float | None = None  # None keeps vit-pytorch's N(0, 1) position embedding
+    num_classes: int = 2
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens the transformer sees: the patches and the CLS token."""
+        return self.num_patches + 1
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.patch_size**2
+
+    def replace(self, **changes) -> ModelConfig:
+        return replace(self, **changes)
+
+
+SEED = ModelConfig()  # the seed notebook's model: 224 px, patch 32, dim 128, depth 12, heads 8, k 64
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+    if cfg.attention == "linformer":
+        transformer = Linformer(dim=cfg.dim, seq_len=cfg.seq_len, depth=cfg.depth, heads=cfg.heads, k=cfg.k,
+                                dropout=cfg.dropout)
+        model = EfficientViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
+                             dim=cfg.dim, transformer=transformer, pool=cfg.pool)
+    elif cfg.attention == "full":
+        model = FullViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
+                        dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_dim=4 * cfg.dim,
+                        dim_head=cfg.dim // cfg.heads, pool=cfg.pool, dropout=cfg.dropout)
+    else:
+        raise ValueError(f"attention must be 'linformer' or 'full', not {cfg.attention!r}")
+    if cfg.pos_init_std is not None:
+        nn.init.trunc_normal_(model.pos_embedding, std=cfg.pos_init_std)
+        nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
+    model.config = cfg
+    return model
+
+
+def pos_embedding(model: nn.Module) -> torch.Tensor:
+    """The learned position embedding as (tokens, dim), CLS first, for either model."""
+    return model.pos_embedding.detach().reshape(-1, model.pos_embedding.shape[-1])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
+    """A model from a vitlib checkpoint (trusted or not: weights_only=True), and its metadata."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
+    return model.to(device).eval(), meta
+
+
+def config_dict(cfg: ModelConfig) -> dict:
+    return asdict(cfg)
+
+
+PRETRAINED = {"linformer": Path(__file__).parent / "pretrained" / "vit-linformer-cpu.pt",
+              "full": Path(__file__).parent / "pretrained" / "vit-full-cpu.pt"}
+
+
+def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple[nn.Module, dict]:
+    """A trained model to look at: `path`, else your own best real-photo run, else the committed one.
+
+    Your own: the newest `runs/*/best.pt` of that attention kind trained on real photos (notebook
+    04 writes one). The committed checkpoints (vitlib/pretrained/) were written by vitlib's own
+    training code; meta["provenance"] says with what command, data and result.
+    """
+    from .train import runs_dir
+
+    if path is None:
+        path = PRETRAINED[attention]
+        for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+            ckpt = torch.load(own, map_location="cpu", weights_only=True)
+            if ckpt["model_config"]["attention"] == attention and not ckpt["data"].startswith("SYNTHETIC"):
+                path = own
+                break
+    model, meta = load_model(path, device)
+    meta["source"] = "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
+    return model, meta
