@@ -46,8 +46,8 @@ def _predict(args) -> int:
 def _bench(args) -> int:
     from .bench import run_benchmark
 
-    run_benchmark(data=args.data, seconds=args.seconds, train_steps=args.train_steps, out=args.out,
-                  time_to_target=args.time_to_target)
+    run_benchmark(data=args.data, seconds=args.seconds, out=args.out, time_to_target=args.time_to_target,
+                  subset=args.images)
     return 0
 
 
@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="seed data pipeline against vitlib's, images/s and time to 0.683")
     b.add_argument("--data", default=None, help=data_help)
     b.add_argument("--seconds", type=float, default=20, help="time spent measuring each pipeline")
-    b.add_argument("--train-steps", type=int, default=20, help="training steps timed per pipeline")
+    b.add_argument("--images", type=int, default=2048, help="images to measure on (a seeded random subset)")
     b.add_argument("--time-to-target", action="store_true", help="also train the cpu preset to 0.683 (minutes)")
     b.add_argument("--out", default=None, help="write the results as JSON here")
     b.set_defaults(func=_bench)

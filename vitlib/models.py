@@ -61,14 +61,30 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.image_size % cfg.patch_size:
         raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
     if cfg.attention == "linformer":
-        transformer = Linformer(dim=cfg.dim, seq_len=cfg.seq_len, depth=cfg.depth, heads=cfg.heads, k=cfg.k,
-                                dropout=cfg.dropout)
-        model = EfficientViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
-                             dim=cfg.dim, transformer=transformer, pool=cfg.pool)
+        transformer = Linformer(
+            dim=cfg.dim, seq_len=cfg.seq_len, depth=cfg.depth, heads=cfg.heads, k=cfg.k, dropout=cfg.dropout
+        )
+        model = EfficientViT(
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            num_classes=cfg.num_classes,
+            dim=cfg.dim,
+            transformer=transformer,
+            pool=cfg.pool,
+        )
     elif cfg.attention == "full":
-        model = FullViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
-                        dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_dim=4 * cfg.dim,
-                        dim_head=cfg.dim // cfg.heads, pool=cfg.pool, dropout=cfg.dropout)
+        model = FullViT(
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            num_classes=cfg.num_classes,
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            mlp_dim=4 * cfg.dim,
+            dim_head=cfg.dim // cfg.heads,
+            pool=cfg.pool,
+            dropout=cfg.dropout,
+        )
     else:
         raise ValueError(f"attention must be 'linformer' or 'full', not {cfg.attention!r}")
     if cfg.pos_init_std is not None:
@@ -100,8 +116,10 @@ def config_dict(cfg: ModelConfig) -> dict:
     return asdict(cfg)
 
 
-PRETRAINED = {"linformer": Path(__file__).parent / "pretrained" / "vit-linformer-cpu.pt",
-              "full": Path(__file__).parent / "pretrained" / "vit-full-cpu.pt"}
+PRETRAINED = {
+    "linformer": Path(__file__).parent / "pretrained" / "vit-linformer-cpu.pt",
+    "full": Path(__file__).parent / "pretrained" / "vit-full-cpu.pt",
+}
 
 
 def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple[nn.Module, dict]:
@@ -121,5 +139,7 @@ def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple
                 path = own
                 break
     model, meta = load_model(path, device)
-    meta["source"] = "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
+    meta["source"] = (
+        "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
+    )
     return model, meta

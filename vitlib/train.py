@@ -128,10 +128,14 @@ def make_optimizer(model: nn.Module, preset: Preset) -> torch.optim.Optimizer:
     if preset.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
     # no weight decay on biases, norms, the CLS token and the position embedding
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embedding" not in n
-             and "cls_token" not in n]
-    keep = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embedding" not in n
-                                                           and "cls_token" not in n)]
+    decay = [
+        p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embedding" not in n and "cls_token" not in n
+    ]
+    keep = [
+        p
+        for n, p in model.named_parameters()
+        if not (p.ndim >= 2 and "pos_embedding" not in n and "cls_token" not in n)
+    ]
     groups = [{"params": decay, "weight_decay": preset.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=preset.lr)
 
@@ -155,8 +159,9 @@ def make_scheduler(opt: torch.optim.Optimizer, preset: Preset, steps_per_epoch: 
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 512, tta: bool = True,
-                  device: torch.device | None = None) -> np.ndarray:
+def predict_proba(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 512, tta: bool = True, device: torch.device | None = None
+) -> np.ndarray:
     """P(dog) for uint8 images (N, 3, S, S), in batches; with `tta`, averaged with the mirror image."""
     device = device or next(model.parameters()).device
     amp = autocast_dtype(device)
@@ -178,8 +183,18 @@ def epoch_generator(preset: Preset, epoch: int, device: torch.device) -> torch.G
     return torch.Generator(device=device).manual_seed(preset.seed * 1_000_003 + epoch)
 
 
-def train_one_epoch(model, data: ImageCache, opt, sched, scaler, augment: BatchAugment, preset: Preset,
-                    epoch: int, device: torch.device, progress: bool = True) -> dict:
+def train_one_epoch(
+    model,
+    data: ImageCache,
+    opt,
+    sched,
+    scaler,
+    augment: BatchAugment,
+    preset: Preset,
+    epoch: int,
+    device: torch.device,
+    progress: bool = True,
+) -> dict:
     model.train()
     amp = autocast_dtype(device)
     torch.manual_seed(preset.seed * 1_000_003 + epoch)  # MixUp/CutMix and dropout use the global RNG
@@ -210,8 +225,13 @@ def train_one_epoch(model, data: ImageCache, opt, sched, scaler, augment: BatchA
         correct += (logits.argmax(-1) == hard).sum()
     seen = steps * preset.batch_size
     seconds = time.perf_counter() - start  # .item() below waits for the device
-    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-            "lr": opt.param_groups[0]["lr"], "epoch_s": seconds, "images_per_s": seen / seconds}
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / seen,
+        "lr": opt.param_groups[0]["lr"],
+        "epoch_s": seconds,
+        "images_per_s": seen / seconds,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,17 +272,24 @@ class Run:
     def val_predictions(self, model: nn.Module | None = None) -> pd.DataFrame:
         model = model or self.best_model()
         p = predict_proba(model, self.data.val.images, tta=self.preset.tta, device=self.device)
-        return pd.DataFrame({"file": self.data.val.files, "label": self.data.val.labels.cpu().numpy(),
-                             "p_dog": p})
+        return pd.DataFrame({"file": self.data.val.files, "label": self.data.val.labels.cpu().numpy(), "p_dog": p})
 
 
-def fit(preset: Preset, ds: DogsVsCats | None = None, run_dir: Path | None = None, resume: bool = True,
-        device: str | torch.device | None = None, progress: bool = True) -> Run:
+def fit(
+    preset: Preset,
+    ds: DogsVsCats | None = None,
+    run_dir: Path | None = None,
+    resume: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    stop_when=None,
+) -> Run:
     """Train `preset` on `ds`, writing history.csv, last.pt and best.pt into `run_dir`.
 
     With `resume` (the default) a run_dir holding a checkpoint of the same preset continues from
     its last completed epoch; a finished run just returns. A checkpoint of another preset is
-    refused rather than overwritten.
+    refused rather than overwritten. `stop_when(row)`, given each epoch's history row, can end the
+    run early (the benchmark stops at the seed's accuracy).
     """
     ds = ds or prepare_data()
     device = pick_device(device) if not isinstance(device, torch.device) else device
@@ -289,11 +316,15 @@ def fit(preset: Preset, ds: DogsVsCats | None = None, run_dir: Path | None = Non
     if last.is_file():
         ckpt = load_checkpoint(last, device)
         if not resume:
-            raise FileExistsError(f"{run_dir} already holds a run; resume it (resume=True) or choose another "
-                                  "run_dir. Nothing was overwritten.")
+            raise FileExistsError(
+                f"{run_dir} already holds a run; resume it (resume=True) or choose another "
+                "run_dir. Nothing was overwritten."
+            )
         if ckpt["preset"] != preset.to_dict():
-            raise ValueError(f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
-                             "choose another run_dir. Nothing was overwritten.")
+            raise ValueError(
+                f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
+                "choose another run_dir. Nothing was overwritten."
+            )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -309,17 +340,25 @@ def fit(preset: Preset, ds: DogsVsCats | None = None, run_dir: Path | None = Non
     epoch = first - 1
     try:
         for epoch in range(first, preset.epochs + 1):
-            row = {"epoch": epoch, **train_one_epoch(model, data.train, opt, sched, scaler, augment, preset, epoch,
-                                                     device, progress)}
+            row = {
+                "epoch": epoch,
+                **train_one_epoch(model, data.train, opt, sched, scaler, augment, preset, epoch, device, progress),
+            }
             t = time.perf_counter()
             p = predict_proba(model, data.val.images, tta=preset.tta, device=device)
             y = data.val.labels.cpu().numpy()
-            row.update(val_loss=metrics.log_loss(y, p), val_acc=metrics.accuracy(y, p),
-                       eval_s=time.perf_counter() - t, elapsed_s=offset + time.perf_counter() - start)
+            row.update(
+                val_loss=metrics.log_loss(y, p),
+                val_acc=metrics.accuracy(y, p),
+                eval_s=time.perf_counter() - t,
+                elapsed_s=offset + time.perf_counter() - start,
+            )
             rows.append(row)
-            print(f"epoch {epoch:3d}/{preset.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
-                  f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['epoch_s']:.1f}s "
-                  f"{row['images_per_s']:.0f} img/s")
+            print(
+                f"epoch {epoch:3d}/{preset.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['epoch_s']:.1f}s "
+                f"{row['images_per_s']:.0f} img/s"
+            )
             save_checkpoint(last, _state(preset, model, opt, sched, scaler, epoch, rows, ds, device))
             pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
             if row["val_loss"] < best:
@@ -327,9 +366,13 @@ def fit(preset: Preset, ds: DogsVsCats | None = None, run_dir: Path | None = Non
                 tmp = run_dir / "best.pt.tmp"
                 shutil.copyfile(last, tmp)
                 os.replace(tmp, run_dir / "best.pt")
+            if stop_when is not None and stop_when(row):
+                break
     except KeyboardInterrupt:
-        print(f"\nInterrupted during epoch {epoch}; {last.name} holds epoch {epoch - 1}. "
-              "Run the same call again to resume.")
+        print(
+            f"\nInterrupted during epoch {epoch}; {last.name} holds epoch {epoch - 1}. "
+            "Run the same call again to resume."
+        )
         raise
     return Run(preset, run_dir, pd.DataFrame(rows), model, data, device)
 
@@ -338,11 +381,21 @@ def _state(preset, model, opt, sched, scaler, epoch, rows, ds, device) -> dict:
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {"format": CHECKPOINT_FORMAT, "vitlib": __version__, "epoch": epoch, "preset": preset.to_dict(),
-            "model_config": config_dict(preset.model), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
-            "history": pd.DataFrame(rows).to_dict("list"), "data": ds.describe(),
-            "device": describe_device(device)}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "vitlib": __version__,
+        "epoch": epoch,
+        "preset": preset.to_dict(),
+        "model_config": config_dict(preset.model),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng,
+        "history": pd.DataFrame(rows).to_dict("list"),
+        "data": ds.describe(),
+        "device": describe_device(device),
+    }
 
 
 def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
@@ -354,17 +407,36 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
     history = pd.DataFrame(ckpt["history"])
     best = history.loc[history["val_loss"].idxmin()]
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         commit = None
-    provenance = {"command": command, "data": ckpt["data"], "device": ckpt["device"], "preset": ckpt["preset"]["name"],
-                  "epoch": int(best.epoch), "epochs": int(history["epoch"].max()), "val_acc": round(float(best.val_acc), 4),
-                  "val_log_loss": round(float(best.val_loss), 4), "train_minutes": round(float(best.elapsed_s) / 60, 1),
-                  "vitlib": ckpt["vitlib"], "git_commit": commit}
-    slim = {"model_config": ckpt["model_config"], "preset": ckpt["preset"], "data": ckpt["data"],
-            "device": ckpt["device"], "history": ckpt["history"], "provenance": provenance,
-            "model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}}
+    provenance = {
+        "command": command,
+        "data": ckpt["data"],
+        "device": ckpt["device"],
+        "preset": ckpt["preset"]["name"],
+        "epoch": int(best.epoch),
+        "epochs": int(history["epoch"].max()),
+        "val_acc": round(float(best.val_acc), 4),
+        "val_log_loss": round(float(best.val_loss), 4),
+        "train_minutes": round(float(best.elapsed_s) / 60, 1),
+        "vitlib": ckpt["vitlib"],
+        "git_commit": commit,
+    }
+    slim = {
+        "model_config": ckpt["model_config"],
+        "preset": ckpt["preset"],
+        "data": ckpt["data"],
+        "device": ckpt["device"],
+        "history": ckpt["history"],
+        "provenance": provenance,
+        "model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, slim)

@@ -1,0 +1,233 @@
+"""Patches: how a Vision Transformer turns an image into a sequence of tokens.
+
+The image is cut into a grid of p x p patches, each flattened to p*p*3 numbers, in the order
+vit-pytorch uses (`PATTERN`). A linear layer maps every flattened patch to `dim` numbers; that is
+the same computation as a convolution whose kernel and stride are both p, which is how most
+libraries write it. This module holds the cutting and its inverse, that equivalence, the cost
+of a patch size, and the plots of notebook 02 (the grid, the sequence, the learned position
+embedding and patch filters of a trained model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from einops import rearrange
+from torch import nn
+
+from .plots import as_image
+
+PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"  # vit-pytorch's patch order: rows of patches, then pixels
+INVERSE = "b (h w) (p1 p2 c) -> b c (h p1) (w p2)"
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, patches, p*p*C): row by row, each patch flattened pixel by pixel, RGB last."""
+    return rearrange(images, PATTERN, p1=patch_size, p2=patch_size)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> torch.Tensor:
+    """The inverse of `patchify` for a square grid: (B, patches, p*p*C) -> (B, C, H, W)."""
+    grid = math.isqrt(patches.shape[1])
+    if grid * grid != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patches do not make a square grid")
+    return rearrange(patches, INVERSE, h=grid, p1=patch_size, p2=patch_size, c=channels)
+
+
+def linear_to_conv(linear: nn.Linear, patch_size: int, channels: int = 3) -> nn.Conv2d:
+    """A Conv2d (kernel = stride = patch size) computing what `linear` computes on `patchify`d input.
+
+    Each output channel's kernel is one row of the linear weight, unflattened back to (C, p, p).
+    """
+    conv = nn.Conv2d(channels, linear.out_features, patch_size, stride=patch_size, bias=linear.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(rearrange(linear.weight, "d (p1 p2 c) -> d c p1 p2", p1=patch_size, p2=patch_size,
+                                    c=channels))
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+    return conv.to(linear.weight.device, linear.weight.dtype)
+
+
+def conv_tokens(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
+    """The conv's output as a token sequence: (B, dim, h, w) -> (B, h*w, dim), in `PATTERN`'s order."""
+    return rearrange(conv(images), "b d h w -> b (h w) d")
+
+
+def sequence_costs(image_size: int = 224, patch_sizes=(32, 16, 8, 4), dim: int = 128, k: int = 64,
+                   mlp_ratio: int = 4) -> pd.DataFrame:
+    """What a patch size costs: tokens, and multiply-adds per transformer layer for one image.
+
+    Per layer and token the linear parts (Q, K, V and output projections: 4 d^2; the MLP:
+    2 * mlp_ratio * d^2) cost the same whatever the length n; full attention adds 2 n^2 d
+    (scores Q K^T and the mix of V), Linformer 4 n k d (projecting K and V to k) + 2 n k d.
+    """
+    rows = []
+    for p in patch_sizes:
+        grid = image_size // p
+        n = grid * grid + 1
+        linear = n * (4 + 2 * mlp_ratio) * dim * dim
+        rows.append({"patch_size": p, "grid": f"{grid}x{grid}", "patches": grid * grid, "tokens": n,
+                     "values_per_patch": 3 * p * p, "attention_scores": n * n,
+                     "MMAC_linear": linear / 1e6, "MMAC_full_attention": 2 * n * n * dim / 1e6,
+                     "MMAC_linformer_attention": 6 * n * k * dim / 1e6})
+    return pd.DataFrame(rows).set_index("patch_size")
+
+
+def plot_sequence_costs(table: pd.DataFrame, image_size: int = 224) -> plt.Figure:
+    """Tokens and per-layer multiply-adds against patch size (log scales), from `sequence_costs`."""
+    fig, (ax_n, ax_c) = plt.subplots(1, 2, figsize=(10, 3.6))
+    p = table.index.to_numpy()
+    ax_n.plot(p, table["tokens"], "o-")
+    for x, y in zip(p, table["tokens"], strict=True):
+        ax_n.annotate(f"{y:,}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax_n.set(xscale="log", yscale="log", xlabel="patch size (px)", ylabel="tokens (patches + CLS)",
+             title=f"sequence length at {image_size} px")
+    ax_c.plot(p, table["MMAC_linear"], "o-", label="linear parts (QKV, output, MLP): ~ n")
+    ax_c.plot(p, table["MMAC_full_attention"], "o-", label="full attention: ~ n²")
+    ax_c.plot(p, table["MMAC_linformer_attention"], "o--", label="Linformer attention: ~ n·k")
+    ax_c.set(xscale="log", yscale="log", xlabel="patch size (px)", ylabel="million multiply-adds per layer",
+             title="cost of one transformer layer, one image")
+    for ax in (ax_n, ax_c):
+        ax.set_xticks(p, [str(v) for v in p])
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    ax_c.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def draw_patch_grid(image, patch_size: int, ax=None, numbers: bool = True, title: str | None = None):
+    """The image with its patch grid drawn on it and each patch's index (its position in the sequence)."""
+    img = as_image(image)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(img)
+    size = img.shape[0]
+    grid = size // patch_size
+    for i in range(1, grid):
+        ax.axhline(i * patch_size - 0.5, color="white", lw=1)
+        ax.axvline(i * patch_size - 0.5, color="white", lw=1)
+    if numbers:
+        for idx in range(grid * grid):
+            r, c = divmod(idx, grid)
+            ax.text(c * patch_size + 2, r * patch_size + 2, str(idx), color="yellow", fontsize=max(5, 90 // grid),
+                    va="top", ha="left", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
+    ax.set_title(title or f"{size}x{size} px: {grid}x{grid} patches of {patch_size}x{patch_size}", fontsize=10)
+    ax.axis("off")
+    return ax
+
+
+def plot_patch_sequence(patches: torch.Tensor, patch_size: int, source: str | None = None) -> plt.Figure:
+    """One image's patches (patches, p*p*3) as the transformer reads them: tiles in order, and as rows of numbers."""
+    n = patches.shape[0]
+    tiles = unpatchify(patches[:, None], patch_size)  # each patch as a 1-patch image: (n, 3, p, p)
+    cols = min(n, 25)
+    rows = -(-n // cols)
+    fig = plt.figure(figsize=(12, 0.55 * rows + 3.2))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[0.55 * rows + 0.3, 2.9])
+    axes = top.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(as_image(tiles[i]))
+            ax.set_title(str(i), fontsize=7, pad=1)
+    top.suptitle(f"the sequence: {n} patches, in reading order", fontsize=10)
+    ax = bottom.subplots()
+    im = ax.imshow(as_image(patches).mean(-1) if patches.ndim == 3 else _unit(patches), aspect="auto",
+                   cmap="gray", interpolation="nearest")
+    ax.set(xlabel=f"value index (p1 p2 c): {patches.shape[1]:,} values per patch", ylabel="token (patch index)",
+           title=f"the input matrix: {n} rows x {patches.shape[1]:,} values")
+    bottom.colorbar(im, ax=ax, fraction=0.02, label="pixel value (0-1)")
+    if source:
+        fig.suptitle(source, fontsize=9, y=1.02)
+    return fig
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    """A uint8 or [-1, 1] tensor as floats in [0, 1]."""
+    a = x.detach().cpu().float().numpy()
+    return a / 255 if a.max() > 1.5 else (a + 1) / 2 if a.min() < 0 else a
+
+
+def position_similarity(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Cosine similarity of each patch's position embedding with every other's: (grid, grid, grid, grid).
+
+    `pos` is (tokens, dim) with CLS first (models.pos_embedding); entry [r, c] is the map of patch
+    (r, c) against all patches, as in figure 7 of the ViT paper (Dosovitskiy et al., 2021).
+    """
+    patches = torch.nn.functional.normalize(pos[-grid * grid :].float(), dim=-1)
+    return (patches @ patches.T).reshape(grid, grid, grid, grid)
+
+
+def similarity_by_distance(sim: torch.Tensor) -> pd.Series:
+    """Mean cosine similarity between two patches' position embeddings against their grid distance (rounded)."""
+    grid = sim.shape[0]
+    rc = torch.cartesian_prod(torch.arange(grid), torch.arange(grid)).float()
+    dist = torch.cdist(rc, rc).round().flatten().numpy()
+    values = sim.reshape(grid * grid, grid * grid).flatten().numpy()
+    off = dist > 0
+    return pd.Series(values[off]).groupby(dist[off]).mean().rename_axis("grid distance").rename("mean cosine")
+
+
+def plot_position_similarity(sim: torch.Tensor, source: str | None = None) -> plt.Figure:
+    """The grid of similarity maps (one small map per patch), drawn as one image with gaps between maps."""
+    grid = sim.shape[0]
+    cell = grid + 1
+    canvas = np.full((grid * cell - 1, grid * cell - 1), np.nan)
+    for r in range(grid):
+        for c in range(grid):
+            canvas[r * cell : r * cell + grid, c * cell : c * cell + grid] = sim[r, c].numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    im = ax.imshow(canvas, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xticks(np.arange(grid) * cell + (grid - 1) / 2, range(1, grid + 1))
+    ax.set_yticks(np.arange(grid) * cell + (grid - 1) / 2, range(1, grid + 1))
+    ax.set(xlabel="input patch column", ylabel="input patch row")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.colorbar(im, ax=ax, fraction=0.04, label="cosine similarity")
+    ax.set_title(source or "position embedding similarity", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def patch_filters(model: nn.Module, count: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """The principal components of the patch projection's filters, as images: (count, 3, p, p), and their share of variance.
+
+    vit-pytorch normalizes each flattened patch (LayerNorm) before the Linear layer, so the filter
+    that row i of the weight applies to the normalized patch is weight[i] * LayerNorm's gain: that
+    product is what is analysed. Each component is a direction in patch space; the first few are
+    what the projection is most sensitive to (ViT paper, figure 7 left).
+    """
+    norm, linear = model.to_patch_embedding[1], model.to_patch_embedding[2]
+    w = (linear.weight * norm.weight).detach().float().cpu()  # (dim, p*p*3)
+    w = w - w.mean(0)
+    _, s, vh = torch.linalg.svd(w, full_matrices=False)
+    count = min(count, vh.shape[0])
+    p = model.config.patch_size
+    comps = rearrange(vh[:count], "n (p1 p2 c) -> n c p1 p2", p1=p, p2=p, c=3)
+    return comps, (s**2 / (s**2).sum())[:count]
+
+
+def plot_patch_filters(comps: torch.Tensor, share: torch.Tensor, source: str | None = None,
+                       cols: int = 7) -> plt.Figure:
+    """Each component rescaled to [0, 1] on its own (its sign and scale are arbitrary), titled with its variance share."""
+    lo = comps.amin(dim=(1, 2, 3), keepdim=True)
+    hi = comps.amax(dim=(1, 2, 3), keepdim=True)
+    images = (comps - lo) / (hi - lo)
+    n = len(images)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_title(f"{i + 1}: {share[i]:.0%}", fontsize=8)
+    fig.suptitle(source or "principal components of the patch filters", fontsize=9)
+    fig.tight_layout()
+    return fig
