@@ -59,16 +59,19 @@ class ImageCache:
         return self.images.numel()
 
     def to(self, device) -> ImageCache:
-        return ImageCache(self.images.to(device), self.labels.to(device), self.ids.to(device),
-                          self.files, self.skipped)
+        return ImageCache(self.images.to(device), self.labels.to(device), self.ids.to(device), self.files, self.skipped)
 
     def select(self, files) -> ImageCache:
         """The images of `files` (those that were readable), in the order given."""
         where = {f: i for i, f in enumerate(self.files)}
         rows = [where[f] for f in files if f in where]
         idx = torch.tensor(rows, dtype=torch.long)
-        return ImageCache(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)],
-                          self.ids[idx.to(self.ids.device)], [self.files[i] for i in rows])
+        return ImageCache(
+            self.images[idx.to(self.images.device)],
+            self.labels[idx.to(self.labels.device)],
+            self.ids[idx.to(self.ids.device)],
+            [self.files[i] for i in rows],
+        )
 
 
 def fingerprint(ds: DogsVsCats, files, size: int) -> str:
@@ -79,8 +82,14 @@ def fingerprint(ds: DogsVsCats, files, size: int) -> str:
     return h.hexdigest()
 
 
-def build_cache(ds: DogsVsCats, index: pd.DataFrame, size: int, part: str = "train",
-                cache_dir: Path | None = None, workers: int | None = None) -> ImageCache:
+def build_cache(
+    ds: DogsVsCats,
+    index: pd.DataFrame,
+    size: int,
+    part: str = "train",
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+) -> ImageCache:
     """The images of `index` at `size` px, from disk when an up-to-date cache exists.
 
     Unreadable images (corrupt or truncated JPEGs) are reported and left out, here, once: never a
@@ -92,8 +101,7 @@ def build_cache(ds: DogsVsCats, index: pd.DataFrame, size: int, part: str = "tra
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         if saved.get("fingerprint") == key:
-            return _report(ImageCache(saved["images"], saved["labels"], saved["ids"], saved["files"],
-                                      saved["skipped"]))
+            return _report(ImageCache(saved["images"], saved["labels"], saved["ids"], saved["files"], saved["skipped"]))
 
     def decode(rel):
         try:
@@ -118,15 +126,51 @@ def build_cache(ds: DogsVsCats, index: pd.DataFrame, size: int, part: str = "tra
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"fingerprint": key, "images": cache.images, "labels": cache.labels, "ids": cache.ids,
-                "files": cache.files, "skipped": cache.skipped}, tmp)
+    torch.save(
+        {
+            "fingerprint": key,
+            "images": cache.images,
+            "labels": cache.labels,
+            "ids": cache.ids,
+            "files": cache.files,
+            "skipped": cache.skipped,
+        },
+        tmp,
+    )
     os.replace(tmp, path)
     return _report(cache)
 
 
 def _report(cache: ImageCache) -> ImageCache:
     if cache.skipped:
-        warnings.warn(f"Skipped {len(cache.skipped)} unreadable image(s) (corrupt or truncated): "
-                      f"{', '.join(cache.skipped[:5])}{' ...' if len(cache.skipped) > 5 else ''}",
-                      DataWarning, stacklevel=3)
+        warnings.warn(
+            f"Skipped {len(cache.skipped)} unreadable image(s) (corrupt or truncated): "
+            f"{', '.join(cache.skipped[:5])}{' ...' if len(cache.skipped) > 5 else ''}",
+            DataWarning,
+            stacklevel=3,
+        )
     return cache
+
+
+def image_stats(cache: ImageCache, chunk: int = 1000) -> pd.DataFrame:
+    """Per image: brightness (mean grey level), contrast (its std) and colourfulness (mean channel spread)."""
+    rows = []
+    for i in range(0, len(cache), chunk):
+        x = cache.images[i : i + chunk].float() / 255
+        grey = x.mean(1)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "brightness": grey.mean((1, 2)).numpy(),
+                    "contrast": grey.std((1, 2)).numpy(),
+                    "colourfulness": (x.amax(1) - x.amin(1)).mean((1, 2)).numpy(),
+                }
+            )
+        )
+    stats = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=["brightness", "contrast", "colourfulness"])
+    )
+    stats.insert(0, "file", cache.files)
+    return stats

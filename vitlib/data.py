@@ -17,7 +17,7 @@ import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ DATA_DIR_ENV = "VITLIB_DATA_DIR"  # where downloads and extracted folders go (de
 SHIPPED = {"train": 25_000, "test": 12_500}
 TEST_FOLDERS = ("test", "test1")  # redux, original
 SUBMISSION_FILES = ("sample_submission.csv", "sampleSubmission.csv")
+SAMPLE_STAMP = "sample.json"  # written by sample.write_sample: marks a folder as the synthetic sample
 CLASSES = ("cat", "dog")  # label 0, label 1: the competition scores P(dog)
 _LABELLED = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 _UNLABELLED = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
@@ -99,6 +100,9 @@ class DogsVsCats:
     def __str__(self) -> str:
         return self.describe()
 
+    def __repr__(self) -> str:  # no absolute paths: notebook outputs must not name a machine's folders
+        return f"DogsVsCats({self.describe()})"
+
     def path(self, relative: str) -> Path:
         """The absolute path of a file named relative to `root` (as in the index)."""
         return self.root / relative
@@ -134,16 +138,17 @@ def prepare_data(source: str | os.PathLike | None = None, dest: Path | None = No
 
 
 def _auto(dest: Path) -> DogsVsCats:
+    download.load_colab_secrets()
     for name in (download.COMPETITION, download.ORIGINAL_COMPETITION):
         folder = dest / name
         if _has_images(folder / "train") or any(folder.glob("*.zip")):
             return _layout(folder, name, "kaggle")
     if download.credential_source() is not None:
         return _kaggle(dest)
-    banner = ("No Kaggle data in {dest} and no Kaggle credentials: using the built-in SYNTHETIC sample "
+    banner = ("No Kaggle data in data/ and no Kaggle credentials: using the built-in SYNTHETIC sample "
               "(drawn shapes, not photos). For the real photos add Kaggle credentials, or set "
               "VITLIB_DATA to a folder holding train.zip and test.zip.")
-    print("!" * 100 + "\n" + banner.format(dest=dest) + "\n" + "!" * 100)
+    print("!" * 100 + "\n" + banner + "\n" + "!" * 100)
     return _sample(dest)
 
 
@@ -186,10 +191,12 @@ def _layout(folder: Path, name: str, kind: str, zips_from: Path | None = None) -
     for outer in sorted(zips_from.glob("*.zip")):  # a competition zip wraps train.zip, test.zip, csv
         if _is_wrapper(outer):
             extract_zip(outer, folder)
-    for csv_name in SUBMISSION_FILES:
+    for csv_name in (*SUBMISSION_FILES, SAMPLE_STAMP):
         src = zips_from / csv_name
         if src.is_file() and not (folder / csv_name).is_file():
             shutil.copyfile(src, folder / csv_name)
+    if (folder / SAMPLE_STAMP).is_file():
+        kind = "sample"  # the synthetic sample, however it was reached (e.g. VITLIB_DATA=data/sample): never "photos"
     for part in ("train", *TEST_FOLDERS):
         for where in dict.fromkeys((zips_from, folder)):
             if (where / f"{part}.zip").is_file():
@@ -321,7 +328,10 @@ def check_counts(ds: DogsVsCats, warn: bool = False) -> pd.DataFrame:
     if ds.synthetic:
         from . import sample
 
-        expected = {"train": sample.N_TRAIN, "test": sample.N_TEST}
+        made = {"n_train": sample.N_TRAIN, "n_test": sample.N_TEST}
+        if (ds.root / SAMPLE_STAMP).is_file():
+            made.update(json.loads((ds.root / SAMPLE_STAMP).read_text()))
+        expected = {"train": made["n_train"], "test": made["n_test"]}
     else:
         expected = SHIPPED
     rows = []
@@ -340,7 +350,7 @@ def check_counts(ds: DogsVsCats, warn: bool = False) -> pd.DataFrame:
 
 def parse_label(filename: str) -> int:
     """`cat.12.jpg` -> 0, `dog.7.jpg` -> 1 (any folder, any OS: only the file name counts)."""
-    m = _LABELLED.match(Path(filename).name)
+    m = _LABELLED.match(PureWindowsPath(filename).name)  # splits at both / and \
     if m is None:
         raise ValueError(f"{filename!r} is not named cat.N.jpg or dog.N.jpg")
     return CLASSES.index(m.group(1).lower())

@@ -26,13 +26,14 @@ def show_images(images, titles=None, source: str | None = None, cols: int = 6, s
     n = len(images)
     cols = min(cols, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.1), squeeze=False)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * (1 + 0.12 * lines)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
             ax.imshow(as_image(images[i]))
             if titles is not None:
-                ax.set_title(titles[i], fontsize=9, color=None if colors is None else colors[i])
+                ax.set_title(titles[i], fontsize=9, **({} if colors is None else {"color": colors[i]}))
     if source:
         fig.suptitle(source, fontsize=10)
     fig.tight_layout()
@@ -69,5 +70,89 @@ def plot_confusion(table: pd.DataFrame, source: str | None = None) -> plt.Figure
     ax.set(xticks=range(len(table.columns)), xticklabels=table.columns, yticks=range(len(table.index)),
            yticklabels=table.index, xlabel="predicted", ylabel="true")
     ax.set_title(source or "confusion matrix", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Exploring the files (notebook 01)
+
+GROUP_COLORS = {"cat": "tab:orange", "dog": "tab:blue", "test": "tab:gray"}
+
+
+def _color(name) -> dict:
+    """The group's fixed colour as a keyword argument, or none (matplotlib's cycle) for other groups."""
+    return {"color": GROUP_COLORS[str(name)]} if str(name) in GROUP_COLORS else {}
+
+
+def show_files(ds, files, titles=None, cols: int = 6, size: float = 2.0, source: str | None = None,
+               colors=None) -> plt.Figure:
+    """Images read from disk as they are (each in its own shape, not squashed), titled with the data's source."""
+    from .cache import load_image
+
+    files = list(files)
+    colors = colors if colors is not None else ["black"] * len(files)  # matplotlib 3.11 refuses color=None
+    fig = show_images([load_image(ds.path(f)) for f in files], titles, source=source or ds.describe(), cols=cols,
+                      size=size, colors=colors)
+    if titles is not None and any("\n" in t for t in titles):  # two-line titles need room above each row
+        fig.set_figheight(fig.get_figheight() * 1.12)
+        fig.tight_layout()
+    return fig
+
+
+def _hist_panel(ax, frame: pd.DataFrame, column: str, by: str, bins: int) -> None:
+    """One histogram per group on shared bins, in fractions of each group so groups of any size compare.
+
+    A column holding a single value (a copy resized to one size) says so in words instead of a lone bar.
+    """
+    values = frame[column].dropna()
+    edges = np.histogram_bin_edges(values, bins=bins)
+    for name, group in frame.groupby(by, sort=True):
+        v = group[column].dropna()
+        ax.hist(v, bins=edges, weights=np.full(len(v), 1 / max(len(v), 1)), alpha=0.55, label=str(name), **_color(name))
+    if values.nunique() == 1:
+        ax.text(0.5, 0.6, f"every image: {values.iloc[0]:g}", transform=ax.transAxes, ha="center",
+                bbox={"facecolor": "white", "alpha": 0.8})
+    ax.set(xlabel=column, ylabel="fraction of the group")
+    ax.grid(alpha=0.3)
+
+
+def plot_by_class(frame: pd.DataFrame, columns, by: str = "class", source: str | None = None,
+                  bins: int = 40) -> plt.Figure:
+    """A histogram per column, one colour per class (or any `by` group): do the groups differ?"""
+    columns = list(columns)
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), squeeze=False)
+    for ax, column in zip(axes.flat, columns, strict=True):
+        _hist_panel(ax, frame, column, by, bins)
+    axes.flat[0].legend(fontsize=8)
+    if source:
+        fig.suptitle(source, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_sizes(info: pd.DataFrame, by: str = "class", source: str | None = None) -> plt.Figure:
+    """Width against height, aspect ratio and file size per group (from `data.image_info`).
+
+    The model sees squares: the farther an aspect ratio is from the dashed line at 1, the more
+    resizing squashes the animal.
+    """
+    fig, (ax_wh, ax_aspect, ax_kb) = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name, group in info.groupby(by, sort=True):
+        ax_wh.scatter(group["width"], group["height"], s=4, alpha=0.25, label=str(name),
+                      **_color(name))
+    ax_wh.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
+    if info[["width", "height"]].drop_duplicates().shape[0] == 1:
+        ax_wh.text(0.5, 0.6, f"every image: {info['width'].iloc[0]}×{info['height'].iloc[0]}",
+                   transform=ax_wh.transAxes, ha="center", bbox={"facecolor": "white", "alpha": 0.8})
+    ax_wh.grid(alpha=0.3)
+    ax_wh.legend(fontsize=8, markerscale=3)
+    _hist_panel(ax_aspect, info, "aspect", by, bins=40)
+    ax_aspect.axvline(1, ls="--", color="black", lw=1)
+    ax_aspect.set(xlabel="aspect ratio (width / height)", title="aspect ratios")
+    _hist_panel(ax_kb, info.assign(kB=info["bytes"] / 1000), "kB", by, bins=40)
+    ax_kb.set(xlabel="file size (kB)", title="file sizes")
+    if source:
+        fig.suptitle(source, fontsize=10)
     fig.tight_layout()
     return fig
