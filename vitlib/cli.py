@@ -23,6 +23,11 @@ def _train(args) -> int:
     from .presets import get_preset
     from .train import fit
 
+    try:
+        get_preset(args.preset)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("seed", args.seed)) if v is not None}
     preset = get_preset(args.preset, **changes)

@@ -218,8 +218,12 @@ def _is_wrapper(zip_path: Path) -> bool:
         return any(PurePosixPath(n).name == "train.zip" for n in zf.namelist())
 
 
+def _jpegs(folder: Path):
+    return (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+
+
 def _has_images(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("*.jp*g"))
+    return folder.is_dir() and next(_jpegs(folder), None) is not None
 
 
 def _within(path: Path, parent: Path) -> bool:
@@ -320,7 +324,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def count_images(folder: Path | None) -> int:
-    return 0 if folder is None else sum(1 for _ in folder.glob("*.jp*g"))
+    return 0 if folder is None or not folder.is_dir() else sum(1 for _ in _jpegs(folder))
 
 
 def check_counts(ds: DogsVsCats, warn: bool = False) -> pd.DataFrame:

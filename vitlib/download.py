@@ -50,14 +50,26 @@ def credential_source(env: dict | None = None, home: Path | None = None) -> str 
             return f"~/.kaggle/{name}"
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
         return "KAGGLE_USERNAME/KAGGLE_KEY"
-    config_dirs = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
-    config_dirs += [home / ".kaggle", home / ".config" / "kaggle"]
-    for folder in config_dirs:
-        if (folder / "kaggle.json").is_file():
-            return str(folder / "kaggle.json").replace(str(home), "~", 1)
+    config = kaggle_config_dir(env, home) / "kaggle.json"
+    if config.is_file():
+        return str(config).replace(str(home), "~", 1)
     if (home / ".kaggle" / "credentials.json").is_file():
         return "~/.kaggle/credentials.json (OAuth)"
     return None
+
+
+def kaggle_config_dir(env: dict, home: Path) -> Path:
+    """The one folder kaggle reads kaggle.json from, as kaggle decides it (a kaggle.json elsewhere is ignored).
+
+    $KAGGLE_CONFIG_DIR when set; else ~/.kaggle, except on Linux when that folder does not exist:
+    then $XDG_CONFIG_HOME/kaggle (default ~/.config/kaggle).
+    """
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return Path(env["KAGGLE_CONFIG_DIR"])
+    folder = home / ".kaggle"
+    if sys.platform.startswith("linux") and not folder.exists():
+        folder = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+    return folder
 
 
 def load_colab_secrets(env: dict | None = None) -> list[str]:

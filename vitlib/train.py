@@ -28,6 +28,12 @@ from .models import build_model, config_dict
 from .presets import Preset
 
 RUNS_ENV = "VITLIB_RUNS_DIR"
+
+
+class RunExistsError(FileExistsError):
+    """The run folder holds a run that this call must not continue or overwrite."""
+
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -152,6 +158,18 @@ def make_scheduler(opt: torch.optim.Optimizer, preset: Preset, steps_per_epoch: 
         return cosine
     warmup = sched.LinearLR(opt, start_factor=1 / warm, total_iters=warm)
     return sched.SequentialLR(opt, [warmup, cosine], milestones=[warm])
+
+
+def lr_curve(preset: Preset, steps_per_epoch: int) -> np.ndarray:
+    """The learning rate at every step of a run, from the very scheduler `fit` uses."""
+    opt = make_optimizer(nn.Linear(2, 2), preset)
+    sched = make_scheduler(opt, preset, steps_per_epoch)
+    lrs = []
+    for _ in range(preset.epochs * steps_per_epoch):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return np.array(lrs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,6 +317,21 @@ def fit(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    ckpt = None
+    last = run_dir / "last.pt"
+    if last.is_file():  # checked before any caching: a refusal should be instant
+        ckpt = load_checkpoint(last, device)
+        if not resume:
+            raise RunExistsError(
+                f"{run_dir} already holds a run; resume it (resume=True) or choose another "
+                "run_dir. Nothing was overwritten."
+            )
+        if ckpt["preset"] != preset.to_dict():
+            raise RunExistsError(
+                f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
+                "choose another run_dir. Nothing was overwritten."
+            )
+
     start = time.perf_counter()
     data = prepare_training_data(ds, preset, device)
     steps = len(data.train) // preset.batch_size
@@ -311,28 +344,18 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
     augment = BatchAugment(preset.augment, preset.model.num_classes)
     rows, first = [], 1
-
-    last = run_dir / "last.pt"
-    if last.is_file():
-        ckpt = load_checkpoint(last, device)
-        if not resume:
-            raise FileExistsError(
-                f"{run_dir} already holds a run; resume it (resume=True) or choose another "
-                "run_dir. Nothing was overwritten."
-            )
-        if ckpt["preset"] != preset.to_dict():
-            raise ValueError(
-                f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
-                "choose another run_dir. Nothing was overwritten."
-            )
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         rows, first = pd.DataFrame(ckpt["history"]).to_dict("records"), ckpt["epoch"] + 1
-        if first <= preset.epochs:
-            print(f"resuming after epoch {ckpt['epoch']}")
+        print(
+            f"resuming after epoch {ckpt['epoch']}"
+            if first <= preset.epochs
+            else f"already trained: {ckpt['epoch']} epochs"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     offset = rows[-1]["elapsed_s"] if rows else 0.0
     best = min((r["val_loss"] for r in rows), default=float("inf"))
@@ -442,3 +465,26 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
     save_checkpoint(out, slim)
     out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
+
+
+REFERENCE_RUNS = Path(__file__).parent / "pretrained" / "reference-runs.csv"
+
+
+def reference_runs() -> pd.DataFrame:
+    """Histories of the reference runs that ship with vitlib (one row per epoch, `run` names the run)."""
+    if not REFERENCE_RUNS.is_file():
+        return pd.DataFrame(columns=["run", "device", "data", "epoch", "val_acc", "val_loss", "epoch_s", "elapsed_s"])
+    return pd.read_csv(REFERENCE_RUNS)
+
+
+def add_reference_run(name: str, run_dir: Path) -> pd.DataFrame:
+    """Record a finished run's history (with its device and data) as reference run `name`."""
+    ckpt = load_checkpoint(Path(run_dir) / "last.pt")
+    history = pd.DataFrame(ckpt["history"]).assign(run=name, device=ckpt["device"], data=ckpt["data"])
+    runs = reference_runs()
+    runs = pd.concat([runs[runs["run"] != name], history], ignore_index=True) if len(runs) else history
+    first = ["run", "device", "data", "epoch"]
+    runs = runs[first + [c for c in runs.columns if c not in first]]
+    REFERENCE_RUNS.parent.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(REFERENCE_RUNS, index=False)
+    return runs

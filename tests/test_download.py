@@ -1,0 +1,271 @@
+"""Kaggle credentials and errors, with fake environments, homes and API clients: never the network."""
+
+import io
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from vitlib import download
+from vitlib.download import COMPETITION, KaggleError
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kaggle's XDG fallback is Linux only")
+
+
+def write(path: Path, text: str = "{}") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the credentials are (the kaggle package's own order), without importing kaggle
+
+
+@pytest.mark.parametrize(("env", "files", "found"), [
+    ({}, [], None),
+    ({"KAGGLE_API_TOKEN": "tok"}, [], "KAGGLE_API_TOKEN"),
+    ({"KAGGLE_API_TOKEN": ""}, [], None),
+    ({}, [".kaggle/access_token"], "~/.kaggle/access_token"),
+    ({}, [".kaggle/access_token.txt"], "~/.kaggle/access_token.txt"),
+    ({"KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k"}, [], "KAGGLE_USERNAME/KAGGLE_KEY"),
+    ({"KAGGLE_USERNAME": "me"}, [], None),  # half a pair is no credential
+    ({"KAGGLE_KEY": "k"}, [], None),
+    ({}, [".kaggle/kaggle.json"], "~/.kaggle/kaggle.json"),
+    pytest.param({}, [".config/kaggle/kaggle.json"], "~/.config/kaggle/kaggle.json", marks=linux),
+    pytest.param({"XDG_CONFIG_HOME": "{home}/xdg"}, ["xdg/kaggle/kaggle.json"], "~/xdg/kaggle/kaggle.json",
+                 marks=linux),
+    ({"KAGGLE_CONFIG_DIR": "{home}/conf"}, ["conf/kaggle.json"], "~/conf/kaggle.json"),
+    ({}, [".kaggle/credentials.json"], "~/.kaggle/credentials.json (OAuth)"),
+    # the first source in kaggle's order wins
+    ({"KAGGLE_API_TOKEN": "tok", "KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k"}, [".kaggle/kaggle.json"],
+     "KAGGLE_API_TOKEN"),
+    ({"KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k"}, [".kaggle/kaggle.json"], "KAGGLE_USERNAME/KAGGLE_KEY"),
+    ({}, [".kaggle/access_token", ".kaggle/kaggle.json"], "~/.kaggle/access_token"),
+])
+def test_credential_source(tmp_path, env, files, found):
+    env = {k: v.format(home=tmp_path) for k, v in env.items()}
+    for f in files:
+        write(tmp_path / f)
+    assert download.credential_source(env=env, home=tmp_path) == found
+
+
+@pytest.mark.parametrize(("env", "files"), [
+    # kaggle reads kaggle.json from ONE folder: $KAGGLE_CONFIG_DIR when set ...
+    ({"KAGGLE_CONFIG_DIR": "{home}/conf"}, [".kaggle/kaggle.json"]),
+    # ... else ~/.kaggle when that folder exists, else ~/.config/kaggle
+    pytest.param({}, [".kaggle/other.txt", ".config/kaggle/kaggle.json"], marks=linux),
+    pytest.param({"XDG_CONFIG_HOME": "{home}/xdg"}, [".config/kaggle/kaggle.json"], marks=linux),
+])
+def test_a_kaggle_json_that_kaggle_would_not_read_is_not_a_credential(tmp_path, env, files):
+    """Else vitlib imports kaggle, which exits, and the user reads "credentials rejected" instead of what to do."""
+    env = {k: v.format(home=tmp_path) for k, v in env.items()}
+    for f in files:
+        write(tmp_path / f)
+    assert download.credential_source(env=env, home=tmp_path) is None
+
+
+def no_credentials(monkeypatch, home: Path) -> None:
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+
+
+def test_no_credentials_says_what_to_do_without_importing_kaggle(tmp_path, monkeypatch):
+    no_credentials(monkeypatch, tmp_path)
+    # any import of kaggle would now fail loudly instead of printing and creating ~/.config/kaggle
+    monkeypatch.setitem(sys.modules, "kaggle", None)
+    with pytest.raises(KaggleError) as err:
+        download.kaggle_api()
+    message = str(err.value)
+    for step in ("No Kaggle credentials", "https://www.kaggle.com/settings", "KAGGLE_API_TOKEN",
+                 "~/.kaggle/kaggle.json", "KAGGLE_USERNAME", "Colab", "secrets", "VITLIB_DATA=",
+                 f"https://www.kaggle.com/c/{COMPETITION}/data"):
+        assert step in message
+    assert list(tmp_path.iterdir()) == []  # no ~/.config/kaggle, nothing
+
+
+def fake_kaggle(monkeypatch, authenticate) -> type:
+    """Install a stand-in `kaggle.api.kaggle_api_extended` whose KaggleApi.authenticate does `authenticate`."""
+
+    class KaggleApi:
+        def authenticate(self):
+            authenticate()
+
+    module = types.ModuleType("kaggle.api.kaggle_api_extended")
+    module.KaggleApi = KaggleApi
+    for name in ("kaggle", "kaggle.api"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", module)
+    return KaggleApi
+
+
+def test_kaggle_api_authenticates_once_credentials_exist(tmp_path, monkeypatch):
+    no_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "tok")
+    cls = fake_kaggle(monkeypatch, lambda: None)
+    assert isinstance(download.kaggle_api(), cls)
+
+
+def test_kaggle_refusing_the_credentials_is_explained(tmp_path, monkeypatch):
+    no_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_USERNAME", "me")
+    monkeypatch.setenv("KAGGLE_KEY", "stale")
+
+    def exits():
+        raise SystemExit(1)  # what kaggle does when it cannot authenticate
+
+    fake_kaggle(monkeypatch, exits)
+    with pytest.raises(KaggleError, match=r"rejected the credentials.*kaggle\.com/settings"):
+        download.kaggle_api()
+
+
+def test_kaggle_not_installed_is_explained(tmp_path, monkeypatch):
+    no_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "tok")
+    monkeypatch.setitem(sys.modules, "kaggle", None)
+    with pytest.raises(KaggleError, match=r"pip install 'vitlib\[kaggle\]'"):
+        download.kaggle_api()
+
+
+# ---------------------------------------------------------------------------------------------
+# Colab secrets
+
+
+def fake_colab(monkeypatch, secrets: dict) -> None:
+    class SecretNotFoundError(Exception):
+        pass
+
+    def get(name):
+        if name not in secrets:
+            raise SecretNotFoundError(name)
+        return secrets[name]
+
+    module = types.ModuleType("google.colab")
+    module.userdata = types.SimpleNamespace(get=get)
+    monkeypatch.setitem(sys.modules, "google.colab", module)
+
+
+def test_colab_secrets_are_copied_into_the_environment(monkeypatch):
+    fake_colab(monkeypatch, {"KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k"})
+    env = {}
+    assert download.load_colab_secrets(env) == ["KAGGLE_USERNAME", "KAGGLE_KEY"]
+    assert env == {"KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k"}
+    assert download.credential_source(env=env, home=Path("/nonexistent")) == "KAGGLE_USERNAME/KAGGLE_KEY"
+
+
+def test_colab_secrets_never_override_the_environment(monkeypatch):
+    fake_colab(monkeypatch, {"KAGGLE_API_TOKEN": "from-secret"})
+    env = {"KAGGLE_API_TOKEN": "from-env"}
+    assert download.load_colab_secrets(env) == []
+    assert env == {"KAGGLE_API_TOKEN": "from-env"}
+
+
+def test_outside_colab_no_secrets_are_read(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    env = {}
+    assert download.load_colab_secrets(env) == [] and env == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The download, with a fake client
+
+
+def competition_zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("train.zip", b"")
+        zf.writestr("sample_submission.csv", "id,label\n")
+    return buf.getvalue()
+
+
+def http_error(status: int) -> requests.HTTPError:
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} Client Error", response=response)
+
+
+class FakeApi:
+    """Anything with `competition_download_files(competition, path=, quiet=)`, as download_competition asks."""
+
+    def __init__(self, error: BaseException | None = None, payload: bytes | None = None):
+        self.error, self.payload, self.calls = error, payload, []
+
+    def competition_download_files(self, competition, path, quiet=True):
+        self.calls.append((competition, path))
+        Path(path, "partial.bin").write_bytes(b"half")  # kaggle writes as it goes
+        if self.error is not None:
+            raise self.error
+        Path(path, f"{competition}.zip").write_bytes(self.payload or competition_zip_bytes())
+
+    def competition_submit(self, file, message, competition, quiet=True):
+        raise self.error
+
+
+def test_download_writes_the_zip_and_a_second_call_is_a_no_op(tmp_path):
+    api = FakeApi()
+    target = download.download_competition(tmp_path / "dl", api=api)
+    assert target == tmp_path / "dl" / f"{COMPETITION}.zip" and zipfile.is_zipfile(target)
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [target.name]  # no staging left behind
+    assert download.download_competition(tmp_path / "dl", api=api) == target
+    assert len(api.calls) == 1
+    assert api.calls[0][0] == COMPETITION
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (http_error(401), r"rejected the credentials \(401 Unauthorized\).*kaggle\.com/settings"),
+    (http_error(403), r"403 Forbidden.*accept this competition's rules.*"
+                      r"https://www\.kaggle\.com/c/dogs-vs-cats-redux-kernels-edition/rules"),
+    (http_error(404), r"no competition named 'dogs-vs-cats-redux-kernels-edition'"),
+    (http_error(500), r"HTTP 500"),
+    (requests.ConnectionError("Max retries exceeded"), r"Could not reach Kaggle \(no network\?\).*VITLIB_DATA="),
+    (requests.Timeout("read timed out"), r"Could not reach Kaggle"),
+    (ConnectionResetError("reset"), r"Could not reach Kaggle"),
+    (SystemExit(1), r"rejected the credentials"),
+    (ValueError("odd"), r"download failed: ValueError\('odd'\)"),
+])
+def test_each_failure_is_explained_and_nothing_on_disk_is_lost(tmp_path, error, expected):
+    dest = tmp_path / "dl"
+    write(dest / "notes.txt", "mine")
+    with pytest.raises(KaggleError, match=expected):
+        download.download_competition(dest, api=FakeApi(error))
+    assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
+    assert (dest / "notes.txt").read_text() == "mine"
+
+
+def test_the_rules_url_is_the_competition_asked_for(tmp_path):
+    with pytest.raises(KaggleError, match=r"https://www\.kaggle\.com/c/dogs-vs-cats/rules"):
+        download.download_competition(tmp_path, download.ORIGINAL_COMPETITION, api=FakeApi(http_error(403)))
+
+
+def test_a_download_that_is_not_a_zip_is_reported_and_not_kept(tmp_path):
+    with pytest.raises(KaggleError, match="did not produce a readable"):
+        download.download_competition(tmp_path / "dl", api=FakeApi(payload=b"<html>error</html>"))
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_an_interrupted_download_is_never_taken_for_complete(tmp_path):
+    dest = tmp_path / "dl"
+    with pytest.raises(KeyboardInterrupt):
+        download.download_competition(dest, api=FakeApi(KeyboardInterrupt()))
+    assert not (dest / f"{COMPETITION}.zip").exists()
+    api = FakeApi()
+    target = download.download_competition(dest, api=api)
+    assert len(api.calls) == 1 and zipfile.is_zipfile(target)
+    assert [p.name for p in dest.iterdir()] == [target.name]
+
+
+def test_a_truncated_zip_already_there_is_downloaded_again(tmp_path):
+    target = write(tmp_path / f"{COMPETITION}.zip", "truncated")
+    api = FakeApi()
+    assert download.download_competition(tmp_path, api=api) == target
+    assert len(api.calls) == 1 and zipfile.is_zipfile(target)
+
+
+def test_submit_failures_are_explained_too(tmp_path):
+    with pytest.raises(KaggleError, match="accept this competition's rules"):
+        download.submit(tmp_path / "submission.csv", "first try", api=FakeApi(http_error(403)))

@@ -1,0 +1,294 @@
+"""The training loop: metrics, atomic checkpoints, exact resume, refusing another recipe's run dir.
+
+Training runs on a tiny synthetic sample (64 images at 32 px, three steps an epoch) on one CPU thread.
+"""
+
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vitlib import data, metrics, sample, train
+from vitlib.models import build_model
+from vitlib.presets import Preset, get_preset
+
+EPOCHS = 4
+PRESET = get_preset("sample", epochs=EPOCHS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_log_loss_is_the_mean_binary_cross_entropy_of_p_dog():
+    labels, p = [1, 0, 1, 0], [0.9, 0.2, 0.6, 0.5]
+    by_hand = -(np.log(0.9) + np.log(0.8) + np.log(0.6) + np.log(0.5)) / 4
+    assert metrics.log_loss(labels, p) == pytest.approx(by_hand, rel=1e-12)
+    assert metrics.log_loss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
+
+
+def test_log_loss_clips_as_kaggle_does():
+    """A confident wrong answer costs -ln(1e-15) = 34.5, not infinity."""
+    assert metrics.log_loss([1], [0.0]) == pytest.approx(-np.log(1e-15))
+    assert metrics.log_loss([0], [1.0]) == pytest.approx(-np.log(1 - (1 - 1e-15)))  # 1 - 1e-15 rounds in float64
+    assert metrics.log_loss([1, 0], [1.0, 0.0]) == pytest.approx(-np.log(1 - 1e-15), abs=1e-12)
+
+
+def test_accuracy_and_confusion_count_each_case():
+    labels = [0, 0, 0, 1, 1, 1, 1]
+    p_dog = [0.1, 0.7, 0.5, 0.9, 0.51, 0.2, 0.3]  # 0.5 is a cat: P(dog) must exceed one half
+    assert metrics.accuracy(labels, p_dog) == pytest.approx(4 / 7)
+    table = metrics.confusion(labels, p_dog)
+    assert table.loc["cat", "cat"] == 2 and table.loc["cat", "dog"] == 1
+    assert table.loc["dog", "cat"] == 2 and table.loc["dog", "dog"] == 2
+    assert table.index.name == "true" and table.columns.name == "predicted"
+    assert table.values.sum() == len(labels)
+
+
+def test_time_to_accuracy_is_the_first_epoch_at_the_target():
+    history = pd.DataFrame({"val_acc": [0.6, 0.7, 0.65, 0.8], "elapsed_s": [10.0, 20.0, 30.0, 40.0]})
+    assert metrics.time_to_accuracy(history, 0.7) == 20.0
+    assert metrics.time_to_accuracy(history, 0.9) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser, schedule, prediction
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings():
+    model = build_model(PRESET.model)
+    opt = train.make_optimizer(model, PRESET)
+    decay, keep = opt.param_groups
+    assert decay["weight_decay"] == PRESET.weight_decay and keep["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    kept = {names[id(p)] for p in keep["params"]}
+    assert {"pos_embedding", "cls_token"} <= kept
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert len(decay["params"]) + len(keep["params"]) == len(list(model.parameters()))
+
+
+def test_the_schedule_warms_up_then_decays_to_zero():
+    preset = get_preset("sample", epochs=4, warmup_epochs=1.0, lr=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=preset.lr)
+    sched = train.make_scheduler(opt, preset, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01)  # 1/10 of the peak: ten warm-up steps
+    assert max(lrs) == pytest.approx(0.1) and int(np.argmax(lrs)) == 10
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # rising
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # then falling
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_constant_schedule_keeps_the_rate():
+    preset = get_preset("seed")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=preset.lr)
+    sched = train.make_scheduler(opt, preset, steps_per_epoch=5)
+    for _ in range(20):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(preset.lr)
+
+
+def test_predict_proba_is_the_softmax_in_eval_mode_and_tta_averages_the_mirror():
+    torch.manual_seed(0)
+    model = build_model(PRESET.model.replace(dropout=0.5)).train()
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    plain = train.predict_proba(model, x, batch_size=2, tta=False, device=torch.device("cpu"))
+    assert model.training  # left as it was found
+    model.eval()
+    with torch.no_grad():
+        expected = model(train.normalize(x)).softmax(-1)[:, 1].numpy()
+        mirrored = model(train.normalize(x).flip(-1)).softmax(-1)[:, 1].numpy()
+    amp = train.autocast_dtype(torch.device("cpu"))  # bf16 autocast on CPUs that have it: looser
+    tol = 2e-2 if amp else 1e-5
+    np.testing.assert_allclose(plain, expected, atol=tol)
+    tta = train.predict_proba(model, x, tta=True, device=torch.device("cpu"))
+    np.testing.assert_allclose(tta, (expected + mirrored) / 2, atol=tol)
+    assert plain.shape == (5,) and ((plain >= 0) & (plain <= 1)).all()
+    assert train.predict_proba(model, x[:0]).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    train.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def crash(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"half a checkp")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert train.load_checkpoint(path)["epoch"] == 1
+
+
+def test_loading_refuses_pickled_code(tmp_path):
+    """weights_only=True: a checkpoint from the internet cannot run code (here: hold an arbitrary object)."""
+    path = tmp_path / "evil.pt"
+    torch.save({"preset": PRESET}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        train.load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs on a tiny sample
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """64 synthetic images (51 train, 13 validation), prepared in a temporary data folder."""
+    folder = sample.write_sample(tmp_path_factory.mktemp("src") / "tiny", n_train=64, n_test=4)
+    return data.prepare_data(folder, dest=tmp_path_factory.mktemp("data"), verbose=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One thread for every run here: two fight each other on a busy 2-core machine (5x slower measured),
+    and runs compared weight for weight must use the same thread count (it changes the order of sums)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Image caches go to tmp_path, not the repo's data/."""
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "data"))
+
+
+def run_fit(preset: Preset, ds, run_dir, **kwargs) -> train.Run:
+    return train.fit(preset, ds, run_dir=run_dir, device="cpu", progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """One uninterrupted run of EPOCHS epochs."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv(data.DATA_DIR_ENV, str(tmp_path_factory.mktemp("cache")))
+        return run_fit(PRESET, tiny, tmp_path_factory.mktemp("runs") / "full")
+
+
+def interrupt_after(monkeypatch, epoch: int) -> None:
+    """Ctrl-C at the start of epoch `epoch` + 1, as a user stopping a notebook would."""
+    real = train.train_one_epoch
+
+    def one_epoch(*args, **kwargs):
+        if args[7] == epoch + 1:  # train_one_epoch(model, data, opt, sched, scaler, augment, preset, epoch, ...)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
+
+
+def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(finished, tiny, tmp_path, monkeypatch,
+                                                                          capsys):
+    run_dir = tmp_path / "interrupted"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_fit(PRESET, tiny, run_dir)
+    assert "Interrupted during epoch 3; last.pt holds epoch 2" in capsys.readouterr().out
+    assert train.load_checkpoint(run_dir / "last.pt")["epoch"] == 2
+    assert len(pd.read_csv(run_dir / "history.csv")) == 2
+
+    resumed = run_fit(PRESET, tiny, run_dir)
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    torch.testing.assert_close(resumed.model.state_dict(), finished.model.state_dict(), rtol=0, atol=0)
+    columns = ["epoch", "train_loss", "train_acc", "lr", "val_loss", "val_acc"]
+    pd.testing.assert_frame_equal(resumed.history[columns], finished.history[columns])
+    a, b = (train.load_checkpoint(d / "last.pt") for d in (run_dir, finished.run_dir))
+    torch.testing.assert_close(a["optimizer"], b["optimizer"], rtol=0, atol=0)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == EPOCHS * 3
+
+
+def test_the_checkpoint_holds_everything_to_resume(finished):
+    ckpt = train.load_checkpoint(finished.run_dir / "last.pt")  # weights_only=True: plain data only
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "preset", "model_config", "history"):
+        assert key in ckpt
+    assert ckpt["epoch"] == EPOCHS and ckpt["preset"] == PRESET.to_dict()
+    assert Preset.from_dict(ckpt["preset"]) == PRESET
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor)
+    torch.testing.assert_close(ckpt["model"], finished.model.state_dict())
+    assert ckpt["data"].startswith("SYNTHETIC")  # what load_trained() uses to pass over sample runs
+    assert sorted(p.name for p in finished.run_dir.iterdir()) == ["best.pt", "history.csv", "last.pt"]  # no .tmp
+
+
+def test_the_best_checkpoint_is_the_lowest_validation_loss(finished):
+    history = pd.read_csv(finished.run_dir / "history.csv")
+    assert list(history["epoch"]) == list(range(1, EPOCHS + 1))
+    best = train.load_checkpoint(finished.run_dir / "best.pt")
+    assert best["epoch"] == int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    model = finished.best_model()
+    assert not model.training
+    torch.testing.assert_close(model.state_dict(), best["model"])
+    predictions = finished.val_predictions(model)
+    assert list(predictions.columns) == ["file", "label", "p_dog"] and len(predictions) == len(finished.data.val)
+    assert metrics.log_loss(predictions["label"], predictions["p_dog"]) == pytest.approx(
+        history["val_loss"].min(), abs=1e-6)
+
+
+def test_the_split_is_fixed_and_disjoint(finished, tiny):
+    train_files, val_files = set(finished.data.train.files), set(finished.data.val.files)
+    assert not train_files & val_files and len(train_files | val_files) == 64
+    expected = data.split_train_val(data.index_images(tiny), PRESET.val_fraction, PRESET.split_seed)
+    assert val_files == set(expected.loc[expected["split"] == "val", "file"])
+
+
+def test_a_finished_run_is_not_trained_again(finished, tiny, monkeypatch):
+    before = (finished.run_dir / "last.pt").stat().st_mtime_ns
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    again = run_fit(PRESET, tiny, finished.run_dir)
+    torch.testing.assert_close(again.model.state_dict(), finished.model.state_dict())
+    assert len(again.history) == EPOCHS
+    assert (finished.run_dir / "last.pt").stat().st_mtime_ns == before
+
+
+OTHERS = [get_preset("sample", epochs=EPOCHS, lr=1e-3), get_preset("cpu", epochs=EPOCHS, batch_size=16)]
+
+
+@pytest.mark.parametrize("other", OTHERS, ids=["other-lr", "cpu"])
+def test_a_run_dir_of_another_recipe_is_refused_and_left_alone(finished, tiny, other):
+    files = {p.name: p.read_bytes() for p in finished.run_dir.iterdir()}
+    with pytest.raises(train.RunExistsError, match="different recipe.*Nothing was overwritten"):
+        run_fit(other, tiny, finished.run_dir)
+    assert {p.name: p.read_bytes() for p in finished.run_dir.iterdir()} == files
+
+
+def test_a_fresh_run_refuses_a_run_dir_that_holds_one(finished, tiny):
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run_fit(PRESET, tiny, finished.run_dir, resume=False)
+
+
+def test_a_corrupt_image_is_skipped_not_a_crash_mid_epoch(tiny, tmp_path):
+    """Copy the tiny data, truncate one JPEG: training warns once and runs on the rest."""
+    root = tmp_path / "copy"
+    (root / "train").mkdir(parents=True)
+    for p in tiny.train_dir.iterdir():
+        (root / "train" / p.name).write_bytes(p.read_bytes())
+    broken = root / "train" / "dog.3.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])
+    ds = data.DogsVsCats("copy", "local", root, root / "train", None, None)
+    with pytest.warns(data.DataWarning, match=r"Skipped 1 unreadable.*dog\.3\.jpg"):
+        run = run_fit(PRESET.replace(epochs=1), ds, tmp_path / "run")
+    assert "train/dog.3.jpg" not in run.data.train.files + run.data.val.files
+    assert len(run.data.train) + len(run.data.val) == 63
+    assert np.isfinite(run.history["train_loss"]).all()
+
+
+def test_fewer_images_than_one_batch_is_a_clear_error(tiny, tmp_path):
+    with pytest.raises(ValueError, match="less than one batch"):
+        run_fit(PRESET.replace(batch_size=1000), tiny, tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run")
