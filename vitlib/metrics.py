@@ -33,3 +33,10 @@ def time_to_accuracy(history: pd.DataFrame, target: float) -> float | None:
     """Seconds from the start (caching included) to the first epoch at `target` validation accuracy."""
     hit = history[history["val_acc"] >= target]
     return None if hit.empty else float(hit["elapsed_s"].iloc[0])
+
+
+def confident_mistakes(predictions: pd.DataFrame, n: int = 12) -> pd.DataFrame:
+    """The `n` wrong predictions the model was surest of (columns label and p_dog), surest first."""
+    wrong = predictions[(predictions["p_dog"] > 0.5) != (predictions["label"] == 1)]
+    confidence = (wrong["p_dog"] - 0.5).abs()
+    return wrong.loc[confidence.sort_values(ascending=False).index[:n]]

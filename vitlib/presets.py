@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+import pandas as pd
+
 from .augment import AugmentConfig
 from .models import SEED, ModelConfig
 
@@ -88,3 +90,15 @@ def get_preset(name: str, **changes) -> Preset:
     except KeyError:
         raise KeyError(f"No preset {name!r}; choose one of {', '.join(PRESETS)}") from None
     return preset.replace(**changes) if changes else preset
+
+
+def compare(*names: str) -> pd.DataFrame:
+    """The presets side by side, one row per setting (model and augmentation settings flattened)."""
+    cols = {}
+    for name in names:
+        d = get_preset(name).to_dict()
+        flat = {k: v for k, v in d.items() if k not in ("model", "augment", "name", "about")}
+        flat.update({f"model.{k}": v for k, v in d["model"].items()})
+        flat.update({f"augment.{k}": v for k, v in d["augment"].items()})
+        cols[name] = {k: str(v) for k, v in flat.items()}
+    return pd.DataFrame(cols)
