@@ -103,9 +103,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from .data import DataError
     from .download import KaggleError
+    from .submit import SubmissionError
 
     try:
         return args.func(args)
-    except (DataError, KaggleError, FileExistsError, FileNotFoundError) as e:
+    except (DataError, KaggleError, SubmissionError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -96,8 +96,11 @@ def load_colab_secrets(env: dict | None = None) -> list[str]:
     return copied
 
 
-def explain(error: BaseException, competition: str = COMPETITION) -> KaggleError:
-    """Turn an exception from the kaggle package into a KaggleError that says what to do."""
+def explain(error: BaseException, competition: str = COMPETITION, action: str = "download") -> KaggleError:
+    """Turn an exception from the kaggle package into a KaggleError that says what to do.
+
+    `action` names what failed ("download" or "submission") so the message fits the call.
+    """
     status = getattr(getattr(error, "response", None), "status_code", None)
     if isinstance(error, SystemExit) or status == 401:
         return KaggleError(
@@ -107,8 +110,8 @@ def explain(error: BaseException, competition: str = COMPETITION) -> KaggleError
         )
     if status == 403:
         return KaggleError(
-            "Kaggle refused the download (403 Forbidden): you must accept this competition's rules "
-            f"before you can download its files. Open {rules_url(competition)} , click "
+            f"Kaggle refused the {action} (403 Forbidden): you must accept this competition's rules "
+            f"before you can download its files or submit to it. Open {rules_url(competition)} , click "
             "'I Understand and Accept' (signed in as the account of your token), then run again."
         )
     if status == 404:
@@ -116,12 +119,17 @@ def explain(error: BaseException, competition: str = COMPETITION) -> KaggleError
     if status is not None:
         return KaggleError(f"Kaggle answered HTTP {status} for {competition!r}: {error}")
     if _is_network_error(error):
+        if action != "download":
+            return KaggleError(
+                f"Could not reach Kaggle (no network?): the {action} was not sent. Check the "
+                f"connection and run again, or upload the file at https://www.kaggle.com/c/{competition}."
+            )
         return KaggleError(
             "Could not reach Kaggle (no network?). Check the connection and run again, or download "
             f"train.zip and test.zip by hand from https://www.kaggle.com/c/{competition}/data "
             "and point vitlib at their folder (VITLIB_DATA=/path/to/folder)."
         )
-    return KaggleError(f"Kaggle download failed: {error!r}")
+    return KaggleError(f"Kaggle {action} failed: {error!r}")
 
 
 def _is_network_error(error: BaseException) -> bool:
@@ -143,8 +151,7 @@ def kaggle_api():
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError as e:
         raise KaggleError(
-            "The kaggle package is not installed: pip install 'vitlib[kaggle]' "
-            "(or pip install 'kaggle>=2.2.4' six)."
+            "The kaggle package is not installed: pip install 'vitlib[kaggle]' (or pip install 'kaggle>=2.2.4' six)."
         ) from e
     api = KaggleApi()
     try:
@@ -190,4 +197,4 @@ def submit(csv_path: Path, message: str, competition: str = COMPETITION, api=Non
     try:
         return api.competition_submit(str(csv_path), message, competition, quiet=False)
     except (Exception, SystemExit) as e:
-        raise explain(e, competition) from None
+        raise explain(e, competition, action="submission") from None

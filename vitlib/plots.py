@@ -27,7 +27,8 @@ def show_images(images, titles=None, source: str | None = None, cols: int = 6, s
     cols = min(cols, n)
     rows = -(-n // cols)
     lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * (1 + 0.12 * lines)), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * (1 + 0.12 * lines)), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -36,7 +37,6 @@ def show_images(images, titles=None, source: str | None = None, cols: int = 6, s
                 ax.set_title(titles[i], fontsize=9, **({} if colors is None else {"color": colors[i]}))
     if source:
         fig.suptitle(source, fontsize=10)
-    fig.tight_layout()
     return fig
 
 

@@ -1,0 +1,561 @@
+"""From a trained model to a validated submission.csv: test predictions, calibration, checks, atomic write.
+
+The competition scores the mean log loss of P(dog) over its test images. Besides the model, three
+things decide that number: test-time augmentation (average an image and its mirror image), the
+calibration of the probabilities (a temperature fitted on the validation split, or clipping,
+whichever measures better there), and a file Kaggle accepts (every id once, numbers in [0, 1]).
+The file is validated before it is written and written atomically: a bad frame never replaces a
+good submission.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import download
+from .cache import build_cache, load_image
+from .data import CLASSES, SHIPPED, DataWarning, DogsVsCats, index_images
+from .metrics import EPS, log_loss
+from .models import load_model
+from .presets import Preset
+from .train import pick_device, predict_proba, prepare_training_data, runs_dir
+
+COLUMNS = ["id", "label"]  # Kaggle's sample submission: id (the N of test/N.jpg), label = P(dog)
+CLIPS = (0.001, 0.005, 0.01, 0.025, 0.05)  # clipping thresholds compared on the validation split
+UNREADABLE_P = 0.5  # P(dog) given to a test image that cannot be decoded: costs log 2 whatever it shows
+LOGIT_EPS = 1e-7  # float32 resolves P(dog) only to ~6e-8 near 1: logits are taken of P clipped here
+
+
+class SubmissionError(ValueError):
+    """A submission that Kaggle would reject or score badly; the message says what is wrong and what to do."""
+
+
+class SubmissionWarning(DataWarning):
+    """The submission is complete but something in it deserves a look (an unreadable test image, say)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: a temperature on the logit, and clipping
+
+
+def logit(p_dog) -> np.ndarray:
+    """log(p / (1 - p)) in float64, of P clipped to [LOGIT_EPS, 1 - LOGIT_EPS] so that it is finite."""
+    p = np.clip(np.asarray(p_dog, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(np.asarray(z, dtype=np.float64) / 2))  # no overflow for large |z|
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """P(dog) -> sigmoid(logit(P) / temperature), then clipped to [clip, 1 - clip]. The default changes nothing."""
+
+    temperature: float = 1.0  # > 1 softens, < 1 sharpens, inf gives 0.5 everywhere
+    clip: float = 0.0  # 0: no clipping (Kaggle still clips at 1e-15)
+
+    def apply(self, p_dog) -> np.ndarray:
+        p = np.asarray(p_dog, dtype=np.float64)
+        if self.temperature != 1.0:
+            p = sigmoid(logit(p) / self.temperature)
+        return np.clip(p, self.clip, 1 - self.clip) if self.clip else p
+
+    def describe(self) -> str:
+        parts = [f"temperature T={self.temperature:.3g}"] if self.temperature != 1.0 else []
+        parts += [f"clip to [{self.clip:g}, {1 - self.clip:g}]"] if self.clip else []
+        return " + ".join(parts) or "none"
+
+
+def fit_temperature(labels, p_dog) -> float:
+    """The T minimising the log loss of sigmoid(logit(P) / T): one number, fitted by LBFGS.
+
+    The loss is convex in s = 1/T, so the optimiser works on s, from s = 1, and finds the global
+    minimum. s is kept >= 0: predictions no better than chance get T = inf (every P becomes 0.5)
+    rather than a negative T that would swap cats and dogs.
+    """
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    if len(y) == 0:
+        raise SubmissionError("Cannot fit a temperature on no images: the validation split is empty.")
+    z = torch.as_tensor(logit(p_dog))
+    s = torch.ones((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([s], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(s * z, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    scale = float(s.detach())
+    return 1 / scale if scale > 0 else math.inf
+
+
+def compare_calibrations(labels, p_dog, clips=CLIPS, seed: int = 0) -> pd.DataFrame:
+    """The validation log loss of no calibration, clipping at each of `clips`, a temperature, and both.
+
+    `val_log_loss` fits the temperature on the whole split and scores it there (slightly flattering);
+    `held_out_log_loss` fits it on one random half and scores the other half, both ways round: the
+    fair number to choose by. Clipping fits nothing, so its two numbers agree.
+    """
+    y, p = np.asarray(labels), np.asarray(p_dog, dtype=np.float64)
+    if len(y) < 2:
+        raise SubmissionError(f"Calibrating needs at least 2 validation images; the split has {len(y)}.")
+    half = np.random.default_rng(seed).permutation(len(y)) % 2
+    t_all = fit_temperature(y, p)
+    t_without = [fit_temperature(y[half != k], p[half != k]) for k in (0, 1)]  # fitted without half k
+
+    def held_out(scaled: bool, clip: float) -> float:
+        total = 0.0
+        for k in (0, 1):
+            cal, part = Calibration(t_without[k] if scaled else 1.0, clip), half == k
+            total += part.sum() * log_loss(y[part], cal.apply(p[part]))
+        return total / len(y)
+
+    rows = []
+    for scaled in (False, True):
+        for clip in (0.0, *clips):
+            cal = Calibration(t_all if scaled else 1.0, clip)
+            method = ("temperature" if scaled else "clip" if clip else "none") + (" + clip" if scaled and clip else "")
+            rows.append({"method": method, "temperature": cal.temperature, "clip": clip,
+                         "val_log_loss": log_loss(y, cal.apply(p)), "held_out_log_loss": held_out(scaled, clip)})
+    return pd.DataFrame(rows)
+
+
+def choose_calibration(table: pd.DataFrame) -> Calibration:
+    """The row of `compare_calibrations` with the lowest held-out log loss (on a tie, the simpler one)."""
+    best = table.loc[table["held_out_log_loss"].idxmin()]
+    return Calibration(float(best["temperature"]), float(best["clip"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions
+
+
+def predict_test(model, ds: DogsVsCats, tta: bool = True, device=None, batch_size: int = 512) -> pd.DataFrame:
+    """P(dog) for every image of the test folder: columns id, file, p_raw, unreadable; sorted by id.
+
+    The images are decoded once at the model's resolution (vitlib.cache). An unreadable one cannot
+    be left out, because Kaggle needs every id: it gets P(dog) = 0.5, which costs log 2 = 0.69
+    whatever it shows (a guess could cost 34.5), and a SubmissionWarning names it.
+    """
+    index = index_images(ds, "test")
+    cache = build_cache(ds, index, model.config.image_size, part="test")
+    p = predict_proba(model, cache.images, batch_size=batch_size, tta=tta, device=device)
+    out = index.assign(p_raw=index["file"].map(pd.Series(p.astype(np.float64), index=cache.files)))
+    out["unreadable"] = out["p_raw"].isna()
+    if out["unreadable"].any():
+        bad = out.loc[out["unreadable"], "id"].tolist()
+        out.loc[out["unreadable"], "p_raw"] = UNREADABLE_P
+        warnings.warn(f"{len(bad)} test image(s) could not be read (ids {_few(bad)}); each gets P(dog) = "
+                      f"{UNREADABLE_P}, costing log 2 = 0.69 on the leaderboard. Kaggle needs every id, so they "
+                      "stay in the file: re-extract test.zip to predict them properly.", SubmissionWarning,
+                      stacklevel=2)
+    return out
+
+
+def predict_val(model, preset: Preset, ds: DogsVsCats, tta: bool = True, device=None,
+                batch_size: int = 512) -> pd.DataFrame:
+    """P(dog) for the validation split the preset trained with (same fraction and split seed).
+
+    Reuses the training cache, so nothing is decoded again. Columns: file, id, label, p_raw.
+    """
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    val = prepare_training_data(ds, preset, device).val
+    p = predict_proba(model, val.images, batch_size=batch_size, tta=tta, device=device)
+    return pd.DataFrame({"file": val.files, "id": val.ids.cpu().numpy(), "label": val.labels.cpu().numpy(),
+                         "p_raw": p.astype(np.float64)})
+
+
+@dataclass
+class Predictions:
+    """Test and validation predictions, raw (p_raw) and calibrated (p_dog), and how they were calibrated."""
+
+    test: pd.DataFrame  # id, file, p_raw, unreadable, p_dog
+    val: pd.DataFrame  # file, id, label, p_raw, p_dog
+    calibration: Calibration
+    table: pd.DataFrame | None  # compare_calibrations on the validation split, when calibrated
+    tta: bool
+    data: str  # ds.describe()
+
+    @property
+    def submission(self) -> pd.DataFrame:
+        """The frame to write: id and label (the calibrated P(dog))."""
+        return pd.DataFrame({"id": self.test["id"].to_numpy(), "label": self.test["p_dog"].to_numpy()})
+
+    @property
+    def raw_log_loss(self) -> float:
+        return log_loss(self.val["label"], self.val["p_raw"])
+
+    @property
+    def expected_log_loss(self) -> float:
+        """The validation log loss the submission should score: held out from the calibration fit."""
+        return self.raw_log_loss if self.table is None else float(self.table["held_out_log_loss"].min())
+
+    def summary(self) -> str:
+        unreadable = int(self.test["unreadable"].sum())
+        how = "with" if self.tta else "without"
+        lines = [f"test: {len(self.test):,} images predicted {how} flip TTA"
+                 + (f", {unreadable} unreadable (P = {UNREADABLE_P})" if unreadable else ""),
+                 f"validation: {len(self.val):,} images, log loss {self.raw_log_loss:.4f} raw",
+                 f"calibration: {self.calibration.describe()}"
+                 + (" (lowest held-out validation log loss)" if self.table is not None else " (not calibrated)"),
+                 f"expected log loss: {self.expected_log_loss:.4f} (the validation split's; data: {self.data})"]
+        return "\n".join(lines)
+
+
+def make_predictions(model, meta: dict, ds: DogsVsCats, tta: bool = True, calibrate: bool = True,
+                     device=None) -> Predictions:
+    """Predict the validation split and the test folder; with `calibrate`, fit and apply the best calibration.
+
+    `meta` is the checkpoint's metadata (load_model, load_trained): its preset says which images
+    were held out for validation.
+    """
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    model = model.to(device).eval()
+    if "preset" not in meta:
+        raise SubmissionError("This checkpoint has no preset, so its validation split is unknown. Use one "
+                              "written by vitlib's training (best.pt, last.pt) or export_checkpoint.")
+    _check_same_data(meta, ds)
+    val = predict_val(model, Preset.from_dict(meta["preset"]), ds, tta, device)
+    table = compare_calibrations(val["label"], val["p_raw"]) if calibrate else None
+    cal = choose_calibration(table) if calibrate else Calibration()
+    test = predict_test(model, ds, tta, device)
+    val["p_dog"], test["p_dog"] = cal.apply(val["p_raw"]), cal.apply(test["p_raw"])
+    return Predictions(test, val, cal, table, tta, ds.describe())
+
+
+def _check_same_data(meta: dict, ds: DogsVsCats) -> None:
+    trained_on = meta.get("data")
+    if trained_on and trained_on != ds.describe():
+        warnings.warn(f"The model was trained on {trained_on}, and is applied to {ds.describe()}: the "
+                      "validation split here is not the one it was validated on. It may hold images the "
+                      "model trained on (an optimistic log loss and temperature) or other kinds of images.",
+                      SubmissionWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and the atomic write
+
+
+def expected_ids(ds: DogsVsCats) -> tuple[np.ndarray, str]:
+    """The ids a submission must have, and where they come from: the sample submission, else the test folder."""
+    if ds.sample_submission is not None:
+        sample = pd.read_csv(ds.sample_submission)
+        if "id" not in sample.columns:
+            raise SubmissionError(f"{ds.sample_submission.name} has no id column (columns {list(sample.columns)}):"
+                                  " it is not Kaggle's sample submission. Download or extract it again.")
+        return np.sort(sample["id"].to_numpy(dtype=np.int64)), ds.sample_submission.name
+    ids = index_images(ds, "test")["id"].to_numpy(dtype=np.int64)
+    return ids, f"the images of {ds.test_dir.name}/ (no sample submission in the data to check against)"
+
+
+def validate_submission(frame: pd.DataFrame, ids, source: str = "the expected ids") -> pd.DataFrame:
+    """`frame` as Kaggle needs it (integer ids sorted, float labels), or a SubmissionError saying what is wrong.
+
+    Refused: columns other than exactly id and label; ids that are missing, not whole numbers,
+    repeated, or not those of `source`; labels that are NaN, not numbers, or outside [0, 1].
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise SubmissionError(f"A submission is a pandas DataFrame with columns id, label, not {type(frame)}.")
+    if sorted(map(str, frame.columns)) != COLUMNS or frame.columns.duplicated().any():
+        raise SubmissionError(f"A submission has exactly the columns id and label (P(dog)); this one has "
+                              f"{list(frame.columns)}. Select or rename them, e.g. "
+                              "frame.rename(columns={'p_dog': 'label'})[['id', 'label']].")
+    id_col = _check_ids(frame["id"], ids, source)
+    labels = _check_labels(frame["label"], id_col)
+    return pd.DataFrame({"id": id_col, "label": labels}).sort_values("id", ignore_index=True)
+
+
+def _check_ids(column: pd.Series, ids, source: str) -> np.ndarray:
+    number = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isnan(number).any():
+        raise SubmissionError(f"{np.isnan(number).sum()} id(s) are missing or not numbers (e.g. "
+                              f"{column[np.isnan(number)].iloc[0]!r}): every row needs the N of test/N.jpg.")
+    if (number % 1 != 0).any():
+        raise SubmissionError(f"ids are whole numbers (the N of test/N.jpg); found {_few(number[number % 1 != 0])}.")
+    got = number.astype(np.int64)
+    repeated = np.unique(got[pd.Series(got).duplicated().to_numpy()])
+    if len(repeated):
+        raise SubmissionError(f"{len(repeated)} id(s) appear more than once: {_few(repeated)}. Each test image "
+                              "gets exactly one row: find out where the duplicates came from before dropping any.")
+    want = np.asarray(ids, dtype=np.int64)
+    missing, extra = np.setdiff1d(want, got), np.setdiff1d(got, want)
+    if len(missing) or len(extra):
+        raise SubmissionError(f"The ids are not those of {source}: {len(missing)} missing ({_few(missing)}), "
+                              f"{len(extra)} unexpected ({_few(extra)}). Kaggle needs one prediction for every "
+                              "test image and no others: predict the whole test folder of the same data.")
+    return got
+
+
+def _check_labels(column: pd.Series, ids: np.ndarray) -> np.ndarray:
+    p = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    text = np.isnan(p) & column.notna().to_numpy()
+    if text.any():
+        raise SubmissionError(f"labels are numbers, P(dog); ids {_few(ids[text])} have "
+                              f"{column[text].iloc[0]!r}. Write the probability, not a class name.")
+    if np.isnan(p).any():
+        raise SubmissionError(f"{np.isnan(p).sum()} label(s) are NaN (ids {_few(ids[np.isnan(p)])}). A NaN comes "
+                              "from a diverged model or a 0/0; fix the predictions rather than filling in a constant.")
+    outside = (p < 0) | (p > 1)
+    if outside.any():
+        raise SubmissionError(f"{outside.sum()} label(s) lie outside [0, 1] (ids {_few(ids[outside])}: "
+                              f"{_few(p[outside])}). A label is the probability P(dog): were these logits "
+                              "(apply a sigmoid) or percentages (divide by 100)?")
+    return p
+
+
+def _few(values, n: int = 5) -> str:
+    values = list(values)
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:n])
+    return shown + (", ..." if len(values) > n else "") if values else "none"
+
+
+def read_submission(path: Path, ids, source: str = "the expected ids") -> pd.DataFrame:
+    """A submission file read as Kaggle reads it, and validated."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise SubmissionError(f"{Path(path).name} is not a readable CSV ({e}). Write it again.") from None
+    return validate_submission(frame, ids, source)
+
+
+def write_submission(frame: pd.DataFrame, path: Path, ids, source: str = "the expected ids") -> pd.DataFrame:
+    """Validate `frame`, write it to a temporary file, read that back and check it, then rename it to `path`.
+
+    A refused frame (SubmissionError) or a failed write leaves an earlier file at `path` as it was.
+    Labels are written at full precision: rounding 1e-7 to 0.000000 would make a wrong answer cost
+    34.5 instead of 16. Returns the frame as written.
+    """
+    good = validate_submission(frame, ids, source)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        good.to_csv(tmp, index=False)
+        back = read_submission(tmp, ids, source)
+        if not (back["id"].equals(good["id"]) and np.array_equal(back["label"], good["label"])):
+            raise SubmissionError(f"{tmp.name} did not read back as written; {path.name} was left unchanged.")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return good
+
+
+def shown_path(path: Path) -> str:
+    """`path` as outputs show it: relative to the working folder or the repository, never a machine's folders."""
+    path = Path(path).resolve()
+    for base in (Path.cwd(), runs_dir().parent):
+        if path.is_relative_to(base.resolve()):
+            return path.relative_to(base.resolve()).as_posix()
+    return path.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Kaggle, and the whole job
+
+
+def check_submittable(ds: DogsVsCats, rows: int | None = None) -> None:
+    """Refuse, before any upload, what Kaggle would only score as a failure: synthetic or partial data."""
+    if ds.synthetic:
+        raise SubmissionError("These are predictions for the SYNTHETIC sample, which Kaggle cannot score. Run on "
+                              "the competition's data (VITLIB_DATA=kaggle, or a folder with its test.zip) to submit.")
+    if rows is not None and rows != SHIPPED["test"]:
+        raise SubmissionError(f"Kaggle scores {SHIPPED['test']:,} test predictions; this file has {rows:,} "
+                              f"(the data '{ds.name}' is a partial copy). Predict the competition's own test.zip "
+                              "(VITLIB_DATA=kaggle) to submit.")
+
+
+def submit_file(path: Path, ds: DogsVsCats, message: str, api=None):
+    """Check a written submission again, then submit it to the competition of `ds` (the redux one by default).
+
+    Kaggle's failures come back as a vitlib.download.KaggleError saying what to do (no credentials,
+    rules not accepted, offline). `api` is anything with `competition_submit`; by default Kaggle's.
+    """
+    check_submittable(ds)
+    ids, source = expected_ids(ds)
+    rows = len(read_submission(path, ids, source))
+    check_submittable(ds, rows)
+    competition = ds.name if ds.name == download.ORIGINAL_COMPETITION else download.COMPETITION
+    result = download.submit(Path(path), message, competition, api=api)
+    print(f"submitted {Path(path).name} to {competition}: see https://www.kaggle.com/c/{competition}/submissions")
+    return result
+
+
+def predict_to_csv(checkpoint, ds: DogsVsCats, out: Path, tta: bool = True, calibrate: bool = True,
+                   submit_message: str | None = None, device=None) -> pd.DataFrame:
+    """Predict the test folder of `ds` with a checkpoint, calibrate on its validation split, write a checked CSV.
+
+    What `python -m vitlib predict` runs. With `submit_message`, the file is also submitted to
+    Kaggle (refused at once for synthetic data, before any prediction). Returns the frame written.
+    """
+    if submit_message is not None:
+        check_submittable(ds)
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    model, meta = load_model(checkpoint, device)
+    pred = make_predictions(model, meta, ds, tta, calibrate, device)
+    ids, source = expected_ids(ds)
+    frame = write_submission(pred.submission, out, ids, source)
+    print(f"{pred.summary()}\nwrote {shown_path(out)}: {len(frame):,} rows, ids checked against {source}")
+    if submit_message is not None:
+        submit_file(out, ds, submit_message)
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots only notebook 05 uses
+
+
+def image_losses(labels, p_dog) -> np.ndarray:
+    """Each image's share of the log loss, -log of the probability given to its true class (clipped as Kaggle)."""
+    y, p = np.asarray(labels), np.clip(np.asarray(p_dog, dtype=np.float64), EPS, 1 - EPS)
+    return -np.log(np.where(y == 1, p, 1 - p))
+
+
+def plot_log_loss(labels, p_dog, source: str | None = None) -> plt.Figure:
+    """Why a confident mistake costs so much: the cost of one image, and how few images carry the loss."""
+    fig, (ax_cost, ax_share) = plt.subplots(1, 2, figsize=(11, 4))
+    q = np.logspace(-16, 0, 400)  # the probability given to the true class
+    ax_cost.semilogx(q, -np.log(np.clip(q, EPS, 1)), color="black")
+    for at, note, offset in ((0.5, " (a coin flip)", (-150, -4)), (0.01, "", (8, 2)), (1e-6, "", (8, 2)),
+                             (EPS, " (Kaggle's clip)", (8, -12))):
+        ax_cost.plot(at, -np.log(at), "o", color="tab:red")
+        ax_cost.annotate(f"P = {at:g}: {-np.log(at):.2f}{note}", (at, -np.log(at)), textcoords="offset points",
+                         xytext=offset, fontsize=8)
+    for clip, style, y, va in ((0.01, "--", 0.6, "bottom"), (0.05, ":", -0.4, "top")):
+        ax_cost.axhline(-np.log(clip), ls=style, color="tab:blue")
+        ax_cost.text(1e-16, -np.log(clip) + y, f"clipped to [{clip:g}, {1 - clip:g}]: at most {-np.log(clip):.2f}",
+                     va=va, fontsize=8, color="tab:blue")
+    ax_cost.text(0.45, 0.64, f"one answer at P = 0.01 costs {-np.log(0.01):.2f}, as much\n"
+                 f"as {np.log(0.01) / np.log(0.9):.0f} right answers at P = 0.9 ({-np.log(0.9):.3f} each)",
+                 transform=ax_cost.transAxes, fontsize=8, bbox={"facecolor": "white", "alpha": 0.8})
+    ax_cost.set(xlabel="probability given to the true class", ylabel="log loss of this one image", ylim=(-1, 38),
+                title="one image: a confident mistake costs up to 34.5")
+    losses = np.sort(image_losses(labels, p_dog))[::-1]
+    worst = np.arange(1, len(losses) + 1) / len(losses) * 100
+    share = np.cumsum(losses) / losses.sum() * 100
+    ax_share.plot(worst, share, color="black", label="this model")
+    ax_share.plot([0, 100], [0, 100], ls=":", color="grey", label="every image costing the same")
+    notes = []
+    for pct in (1, 5, 20):
+        i = max(int(len(losses) * pct / 100) - 1, 0)
+        ax_share.plot(worst[i], share[i], "o", color="tab:red")
+        notes.append(f"worst {pct}% of the images: {share[i]:.0f}% of the loss")
+    ax_share.text(0.35, 0.25, "\n".join(notes), transform=ax_share.transAxes, fontsize=8,
+                  bbox={"facecolor": "white", "alpha": 0.8})
+    ax_share.set(xlabel="the worst images, % of the validation split", ylabel="% of the validation log loss",
+                 title=f"validation: {len(losses):,} images, log loss {losses.mean():.3f}")
+    ax_share.legend(fontsize=8, loc="lower right")
+    for ax in (ax_cost, ax_share):
+        ax.grid(alpha=0.3)
+    if source:
+        fig.suptitle(source, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(labels, p_dog, table: pd.DataFrame, chosen: Calibration, source: str | None = None) -> plt.Figure:
+    """Validation log loss against the temperature and against the clipping threshold; a reliability diagram."""
+    y, p = np.asarray(labels), np.asarray(p_dog, dtype=np.float64)
+    t_fit = float(table.loc[table["method"] == "temperature", "temperature"].iloc[0])
+    fig, (ax_t, ax_c, ax_r) = plt.subplots(1, 3, figsize=(14, 4))
+    temps = np.geomspace(0.2, 5, 80)
+    ax_t.semilogx(temps, [log_loss(y, Calibration(t).apply(p)) for t in temps], color="black")
+    ax_t.axvline(1, ls=":", color="grey", label="T = 1: the raw model")
+    if math.isfinite(t_fit):
+        ax_t.plot(t_fit, log_loss(y, Calibration(t_fit).apply(p)), "o", color="tab:red",
+                  label=f"fitted T = {t_fit:.3g}")
+    ax_t.set(xlabel="temperature T (P = sigmoid(logit / T))", ylabel="validation log loss",
+             title="T < 1 sharpens, T > 1 softens")
+    ax_t.set_xticks([0.25, 0.5, 1, 2, 4], ["0.25", "0.5", "1", "2", "4"])
+    ax_t.xaxis.set_minor_formatter(plt.NullFormatter())
+    clips = np.geomspace(1e-4, 0.3, 80)
+    for t, name in ((1.0, "raw"), (t_fit, f"after T = {t_fit:.3g}")):
+        ax_c.semilogx(clips, [log_loss(y, Calibration(t, c).apply(p)) for c in clips], label=f"{name}, clipped")
+    best = table["held_out_log_loss"].idxmin()
+    ax_c.set(xlabel="clip to [c, 1 - c]", ylabel="validation log loss",
+             title=f"chosen: {chosen.describe()}\n(held-out log loss {table.loc[best, 'held_out_log_loss']:.4f})")
+    _reliability(ax_r, y, p, chosen)
+    for ax in (ax_t, ax_c):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if source:
+        fig.suptitle(source, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _reliability(ax, y, p, chosen: Calibration, bins: int = 10) -> None:
+    """Mean P(dog) against the share of dogs, per bin of P(dog): on the diagonal when calibrated."""
+    edges = np.linspace(0, 1, bins + 1)
+    for q, name in ((p, "raw"), (chosen.apply(p), chosen.describe())):
+        which = np.clip(np.digitize(q, edges) - 1, 0, bins - 1)
+        n = np.bincount(which, minlength=bins)
+        keep = n > 0
+        mean_p = np.bincount(which, q, bins)[keep] / n[keep]
+        dogs = np.bincount(which, y, bins)[keep] / n[keep]
+        ax.plot(mean_p, dogs, "o-", label=name, markersize=3)
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="calibrated")
+    ax.set(xlabel="predicted P(dog), per bin", ylabel="share of dogs in the bin", title="reliability",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def show_predictions(ds: DogsVsCats, frame: pd.DataFrame, n: int = 12, seed: int = 0, cols: int = 6,
+                     source: str | None = None) -> plt.Figure:
+    """Photos titled with their P(dog): the rows of `frame` (Predictions.test or .val), `n` at random if more.
+
+    With a `label` column (validation) a title also names the true class and what the image costs.
+    Title colours as in notebook 01 (plots.GROUP_COLORS) for the class predicted; grey when unsure (P within
+    0.15 of 0.5).
+    """
+    from .plots import GROUP_COLORS, show_images
+
+    if len(frame) > n:
+        frame = frame.sample(n, random_state=seed).sort_values("id")
+    images, titles, colors = [], [], []
+    for row in frame.itertuples():
+        images.append(_photo(ds, row.file))
+        p = float(row.p_dog)
+        if "label" in frame:
+            titles.append(f"{CLASSES[row.label]} {row.id}: {p:.2f}\ncosts {image_losses([row.label], [p])[0]:.2f}")
+        else:
+            titles.append(f"id {row.id}: {p:.2f}" + (" (unreadable)" if getattr(row, "unreadable", False) else ""))
+        colors.append("grey" if abs(p - 0.5) < 0.15 else GROUP_COLORS[CLASSES[int(p > 0.5)]])
+    fig = show_images(images, titles, cols=cols, size=2.0, colors=colors)
+    what = "validation images, titled class id: P(dog)" if "label" in frame else "test images, titled id: P(dog)"
+    fig.suptitle(what + (f" | {source}" if source else ""), fontsize=10, y=1.01,
+                 va="bottom")  # above the grid: show_images' own suptitle makes the rows' titles overlap
+    return fig
+
+
+def _photo(ds: DogsVsCats, file: str) -> np.ndarray:
+    try:
+        return load_image(ds.path(file))
+    except (OSError, ValueError):  # an unreadable test image: a grey square
+        return np.full((8, 8, 3), 128, np.uint8)
+
+
+def calibration_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """compare_calibrations' held-out log loss as a grid: a row per clipping, a column without and with T."""
+    t = table.loc[table["method"] == "temperature", "temperature"].item()
+    raw, scaled = "T = 1 (raw)", f"T = {t:.3g} (fitted)"
+    grid = table.assign(clip=[f"[{c:g}, {1 - c:g}]" if c else "none" for c in table["clip"]],
+                        temperature=np.where(table["method"].str.startswith("temperature"), scaled, raw))
+    out = grid.pivot(index="clip", columns="temperature", values="held_out_log_loss")
+    out = out.reindex(index=grid["clip"].unique(), columns=[raw, scaled])
+    out.columns.name = "held-out log loss"
+    return out
