@@ -66,7 +66,9 @@ def test_linformer_hooks_capture_the_weights_that_mix_the_values(images):
 def test_full_maps_use_recorder_and_leave_the_model_as_it_was(images):
     model = _model(FULL)
     expected = model(images)
+    model.train()
     logits, maps = attention.full_maps(model, images)
+    assert model.training  # put back as it was
     torch.testing.assert_close(logits, expected)
     assert maps.shape == (2, FULL.depth, FULL.heads, FULL.seq_len, FULL.seq_len)
     assert all(not layer.attend._forward_hooks for layer in attention.attention_layers(model))
@@ -125,7 +127,12 @@ def test_peak_memory_follows_tensors_until_they_are_freed():
     with attention.PeakMemory() as mem:
         a, b = torch.ones(1000, 1000), torch.ones(1000, 1000)
     assert mem.peak == 2 * mb
-    del a, b, view
+    before = torch.ones(1000, 1000)
+    with attention.PeakMemory() as mem:
+        before.t().mul_(2)  # a view and an in-place op on memory that already existed: nothing new
+        c = before[:10] * 2  # 10 new rows
+    assert mem.peak == 10 * 1000 * 4
+    del a, b, c, view
 
 
 def test_benchmark_returns_sensible_rows_on_tiny_sizes():

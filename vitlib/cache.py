@@ -34,7 +34,7 @@ def load_image(path: Path, size: int | None = None) -> np.ndarray:
         im = im.convert("RGB")
         if size is not None:
             im = im.resize((size, size), Image.Resampling.BICUBIC)
-        return np.asarray(im)
+        return np.array(im)  # writable: torch.from_numpy warns on read-only arrays
 
 
 @dataclass

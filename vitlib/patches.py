@@ -19,10 +19,27 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .cache import load_image
+from .data import DogsVsCats, index_images
 from .plots import as_image
 
 PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"  # vit-pytorch's patch order: rows of patches, then pixels
 INVERSE = "b (h w) (p1 p2 c) -> b c (h p1) (w p2)"
+
+
+def pick_photos(ds: DogsVsCats, n: int, seed: int = 0) -> pd.DataFrame:
+    """`n` training photos drawn with a seeded RNG (not the first files), cats and dogs in turn."""
+    index = index_images(ds)
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(index.index[index["label"] == label]) for label in sorted(index["label"].unique())]
+    first = int(rng.integers(len(by_class)))
+    rows = [by_class[(first + i) % len(by_class)][i // len(by_class)] for i in range(n)]
+    return index.loc[rows, ["file", "class"]].reset_index(drop=True)
+
+
+def load_photo(ds: DogsVsCats, file: str, size: int) -> torch.Tensor:
+    """One photo as uint8 (3, size, size), squashed to a square as in training."""
+    return torch.from_numpy(np.array(load_image(ds.path(file), size))).permute(2, 0, 1).contiguous()
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -63,17 +80,18 @@ def sequence_costs(image_size: int = 224, patch_sizes=(32, 16, 8, 4), dim: int =
 
     Per layer and token the linear parts (Q, K, V and output projections: 4 d^2; the MLP:
     2 * mlp_ratio * d^2) cost the same whatever the length n; full attention adds 2 n^2 d
-    (scores Q K^T and the mix of V), Linformer 4 n k d (projecting K and V to k) + 2 n k d.
+    (scores Q K^T and the mix of V), Linformer 4 n k d (projecting K and V to length k: 2 n k d;
+    scores and mix against k keys: 2 n k d). Full attention costs more once 2 n^2 d > 4 n k d: n > 2k.
     """
     rows = []
     for p in patch_sizes:
         grid = image_size // p
         n = grid * grid + 1
         linear = n * (4 + 2 * mlp_ratio) * dim * dim
-        rows.append({"patch_size": p, "grid": f"{grid}x{grid}", "patches": grid * grid, "tokens": n,
+        rows.append({"patch_size": p, "grid": grid, "patches": grid * grid, "tokens": n,
                      "values_per_patch": 3 * p * p, "attention_scores": n * n,
                      "MMAC_linear": linear / 1e6, "MMAC_full_attention": 2 * n * n * dim / 1e6,
-                     "MMAC_linformer_attention": 6 * n * k * dim / 1e6})
+                     "MMAC_linformer_attention": 4 * n * k * dim / 1e6})
     return pd.DataFrame(rows).set_index("patch_size")
 
 
@@ -136,22 +154,14 @@ def plot_patch_sequence(patches: torch.Tensor, patch_size: int, source: str | No
         if i < n:
             ax.imshow(as_image(tiles[i]))
             ax.set_title(str(i), fontsize=7, pad=1)
-    top.suptitle(f"the sequence: {n} patches, in reading order", fontsize=10)
+    top.suptitle(f"the sequence: {n} patches, in reading order" + (f"  ({source})" if source else ""), fontsize=10)
     ax = bottom.subplots()
-    im = ax.imshow(as_image(patches).mean(-1) if patches.ndim == 3 else _unit(patches), aspect="auto",
-                   cmap="gray", interpolation="nearest")
-    ax.set(xlabel=f"value index (p1 p2 c): {patches.shape[1]:,} values per patch", ylabel="token (patch index)",
+    strips = rearrange(patches, "n (q c) -> n q c", c=3)  # each row: the patch's pixels, unrolled
+    ax.imshow(as_image(strips), aspect="auto", interpolation="nearest")
+    ax.set(xlabel=f"pixel of the patch, row by row ({patch_size}x{patch_size} = {patch_size**2:,} pixels"
+                  f" x 3 colours = {patches.shape[1]:,} values)", ylabel="token (patch index)",
            title=f"the input matrix: {n} rows x {patches.shape[1]:,} values")
-    bottom.colorbar(im, ax=ax, fraction=0.02, label="pixel value (0-1)")
-    if source:
-        fig.suptitle(source, fontsize=9, y=1.02)
     return fig
-
-
-def _unit(x: torch.Tensor) -> np.ndarray:
-    """A uint8 or [-1, 1] tensor as floats in [0, 1]."""
-    a = x.detach().cpu().float().numpy()
-    return a / 255 if a.max() > 1.5 else (a + 1) / 2 if a.min() < 0 else a
 
 
 def position_similarity(pos: torch.Tensor, grid: int) -> torch.Tensor:
@@ -197,7 +207,7 @@ def plot_position_similarity(sim: torch.Tensor, source: str | None = None) -> pl
 
 
 def patch_filters(model: nn.Module, count: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
-    """The principal components of the patch projection's filters, as images: (count, 3, p, p), and their share of variance.
+    """The principal components of the patch projection's filters as images (count, 3, p, p), and their variance shares.
 
     vit-pytorch normalizes each flattened patch (LayerNorm) before the Linear layer, so the filter
     that row i of the weight applies to the normalized patch is weight[i] * LayerNorm's gain: that
@@ -216,7 +226,7 @@ def patch_filters(model: nn.Module, count: int = 28) -> tuple[torch.Tensor, torc
 
 def plot_patch_filters(comps: torch.Tensor, share: torch.Tensor, source: str | None = None,
                        cols: int = 7) -> plt.Figure:
-    """Each component rescaled to [0, 1] on its own (its sign and scale are arbitrary), titled with its variance share."""
+    """Each component rescaled to [0, 1] on its own (sign and scale are arbitrary), titled with its variance share."""
     lo = comps.amin(dim=(1, 2, 3), keepdim=True)
     hi = comps.amax(dim=(1, 2, 3), keepdim=True)
     images = (comps - lo) / (hi - lo)

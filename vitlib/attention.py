@@ -1,0 +1,447 @@
+"""Attention: Q, K and V by hand, capturing attention maps, rollout, and what attention costs.
+
+Full softmax attention compares every token with every other: an n x n map per head, so time and
+memory grow as n^2. Linformer (Wang et al., 2020) first projects the keys and values along the
+sequence with learned n x k matrices E and F (`proj_k`, `proj_v`), so each map is n x k. That
+saves work only when k is well below n: with the seed's 50 tokens and k = 64 it makes the keys
+longer. This module computes both by hand from a model's own weights (to check the library),
+records the maps of trained models, and measures the cost over sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from linformer.linformer import LinformerSelfAttention
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from vit_pytorch.recorder import Recorder
+from vit_pytorch.vit import Attention as FullAttention
+
+from .plots import as_image
+
+# ---------------------------------------------------------------------------------------------
+# Q, K and V by hand
+
+
+@dataclass
+class AttentionSteps:
+    """Every intermediate of one attention layer: per head (b, heads, tokens, d_head) unless noted."""
+
+    q: torch.Tensor
+    k: torch.Tensor  # Linformer: after projecting along the sequence, (b, heads, k, d_head)
+    v: torch.Tensor  # likewise
+    weights: torch.Tensor  # softmax(q k^T / sqrt(d_head)): (b, heads, n, n) or Linformer's (b, heads, n, k)
+    out: torch.Tensor  # the layer's output, (b, n, dim)
+
+
+def linformer_by_hand(layer: LinformerSelfAttention, x: torch.Tensor) -> AttentionSteps:
+    """What `layer(x)` computes, step by step with einops, from its own weights (x: its input, already normed)."""
+    n, heads = x.shape[1], layer.heads
+    q = einsum(x, layer.to_q.weight, "b n d, e d -> b n e")
+    k = einsum(x, layer.to_k.weight, "b n d, e d -> b n e")
+    v = einsum(x, layer.to_v.weight, "b n d, e d -> b n e")
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    k = einsum(k, layer.proj_k[:n], "b h n d, n k -> b h k d")  # E: n keys -> k mixtures of keys
+    v = einsum(v, layer.proj_v[:n], "b h n d, n k -> b h k d")  # F: n values -> k mixtures of values
+    scores = einsum(q, k, "b h n d, b h k d -> b h n k") / math.sqrt(q.shape[-1])
+    weights = scores.softmax(dim=-1)
+    mixed = einsum(weights, v, "b h n k, b h k d -> b h n d")
+    out = layer.to_out(rearrange(mixed, "b h n d -> b n (h d)"))
+    return AttentionSteps(q, k, v, weights, out)
+
+
+def full_by_hand(layer: FullAttention, x: torch.Tensor) -> AttentionSteps:
+    """What vit-pytorch's `Attention(x)` computes (its LayerNorm included), from its own weights."""
+    q, k, v = layer.to_qkv(layer.norm(x)).chunk(3, dim=-1)
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=layer.heads) for t in (q, k, v))
+    weights = (einsum(q, k, "b h i d, b h j d -> b h i j") / math.sqrt(q.shape[-1])).softmax(dim=-1)
+    out = layer.to_out(rearrange(einsum(weights, v, "b h i j, b h j d -> b h i d"), "b h n d -> b n (h d)"))
+    return AttentionSteps(q, k, v, weights, out)
+
+
+def attention_layers(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of either model, first layer first."""
+    kinds = (LinformerSelfAttention, FullAttention)
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+@contextmanager
+def capture_io(module: nn.Module):
+    """Within the block, `got["input"]` and `got["output"]` are the module's (first) input and output."""
+    got = {}
+
+    def hook(_, args, output):
+        got["input"], got["output"] = args[0].detach(), output.detach()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield got
+    finally:
+        handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording attention maps
+
+
+@torch.no_grad()
+def linformer_maps(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and every layer's attention weights (b, layers, heads, n, k) of the efficient ViT.
+
+    vit-pytorch's Recorder looks for its own `Attention` class and finds nothing here. Linformer
+    passes its softmaxed map through `self.dropout` (an nn.Dropout, identity in eval mode, which
+    this sets for the call), so a forward hook on that module sees exactly the weights that mix
+    the values.
+    """
+    maps, handles = [], []
+    was_training = model.training
+    model.eval()  # dropout off: the hooked module passes the weights through unchanged
+    for layer in attention_layers(model):
+        handles.append(layer.dropout.register_forward_hook(lambda _, __, out: maps.append(out.detach())))
+    try:
+        logits = model(images)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return logits, torch.stack(maps, dim=1)
+
+
+@torch.no_grad()
+def full_maps(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and every layer's attention weights (b, layers, heads, n, n) of a standard ViT, via Recorder."""
+    recorder = Recorder(model)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, maps = recorder(images)
+    finally:
+        recorder.eject()  # removes the hooks and hands back the model unchanged
+        model.train(was_training)
+    return logits, maps
+
+
+def linformer_token_mix(maps: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Linformer's maps (b, layers, heads, n, k) as weights over tokens: (b, layers, heads, n, n).
+
+    Output token i is sum_j w[i, j] sum_t F[t, j] v_t, so the weight of token t's value is
+    (w F^T)[i, t]. Unlike softmax weights these need not be positive or sum to 1.
+    """
+    n = maps.shape[-2]
+    proj_v = torch.stack([layer.proj_v[:n].detach() for layer in attention_layers(model)])  # (layers, n, k)
+    return einsum(maps, proj_v.to(maps), "b l h i j, l t j -> b l h i t")
+
+
+def rollout(maps: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): how much each token draws on each input token, through all layers.
+
+    maps: (b, layers, heads, n, n). Heads are averaged, the residual connection is modelled as
+    `residual * I + (1 - residual) * A`, rows are renormalized, and the layers multiplied, first
+    layer rightmost. Every row of the result sums to 1.
+    """
+    a = maps.float().mean(dim=2)
+    eye = torch.eye(a.shape[-1], device=a.device)
+    a = residual * eye + (1 - residual) * a
+    a = a / a.sum(dim=-1, keepdim=True)
+    out = a[:, 0]
+    for layer in range(1, a.shape[1]):
+        out = a[:, layer] @ out
+    return out
+
+
+def cls_to_grid(row: torch.Tensor, grid: int) -> torch.Tensor:
+    """The CLS token's weights over the patches (..., n) -> (..., grid, grid); the CLS column is dropped."""
+    return rearrange(row[..., 1:], "... (h w) -> ... h w", h=grid, w=grid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def overlay(ax, image, heat: torch.Tensor, title: str | None = None, cmap: str = "inferno", alpha: float = 0.6,
+            symmetric: bool = False):
+    """`heat` (grid, grid) upsampled onto the image, drawn over it; `symmetric` centres the colours on 0."""
+    img = as_image(image)
+    h = F.interpolate(heat[None, None].float(), size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    ax.imshow(img)
+    lim = float(h.abs().max()) if symmetric else None
+    ax.imshow(h.numpy(), cmap=cmap, alpha=alpha, vmin=-lim if symmetric else None, vmax=lim)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def plot_heads(image, heads: torch.Tensor, title: str, cmap: str = "inferno", symmetric: bool = False) -> plt.Figure:
+    """The image, then one overlay per head (heads: (h, grid, grid))."""
+    n = heads.shape[0] + 1
+    cols = min(n, 5)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(as_image(image))
+    axes.flat[0].set_title("photo", fontsize=8)
+    for i, heat in enumerate(heads):
+        overlay(axes.flat[i + 1], image, heat, f"head {i}", cmap=cmap, symmetric=symmetric)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno") -> plt.Figure:
+    """Each photo above its heat map overlay (heats: (b, grid, grid))."""
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(n * 2.2, 4.6), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(as_image(images[i]))
+        axes[0, i].set_title(titles[i], fontsize=8)
+        axes[0, i].axis("off")
+        overlay(axes[1, i], images[i], heats[i], cmap=cmap)
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_linformer_weights(weights: torch.Tensor, title: str) -> plt.Figure:
+    """One layer's (heads, n, k) weights as heat maps: row i is how token i spreads over the k projected keys."""
+    h, n, k = weights.shape
+    cols = min(h, 4)
+    rows = -(-h // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.3, rows * 2.5 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= h:
+            ax.axis("off")
+            continue
+        ax.imshow(weights[i].numpy(), cmap="viridis", aspect="auto", interpolation="nearest")
+        ax.set(xticks=[], yticks=[], xlabel=f"projected key (k = {k})" if i // cols == rows - 1 else None,
+               ylabel=f"query token (n = {n})" if i % cols == 0 else None)
+        ax.set_title(f"head {i}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_shapes(n: int, k: int, d_head: int) -> plt.Figure:
+    """The matrices of one head, drawn to scale: full attention's n x n map against Linformer's n x k."""
+    d = d_head
+    rows = {"full": [("Q", n, d, "tab:blue"), "·", ("Kᵀ", d, n, "tab:orange"), "=", ("scores", n, n, "tab:red")],
+            "Linformer": [("Eᵀ", k, n, "tab:green"), "·", ("K", n, d, "tab:orange"), "=",
+                          ("K̄ = EᵀK", k, d, "tab:olive"), None, ("Q", n, d, "tab:blue"), "·",
+                          ("K̄ᵀ", d, k, "tab:olive"), "=", ("scores", n, k, "tab:purple")]}
+    big = max(n, k, d)
+    gap = 0.2 * big
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    y, right = 0.0, 0.0
+    for label, items in rows.items():
+        boxes = [item for item in items if isinstance(item, tuple)]
+        height, low = max(b[1] for b in boxes), min(b[1] for b in boxes)
+        x = 0.0
+        for item in items:
+            if item is None:  # a new step
+                x += gap
+            elif isinstance(item, str):
+                ax.text(x + gap / 2, y - low / 2, item, ha="center", va="center", fontsize=16)
+                x += gap
+            else:
+                name, r, c, color = item
+                slot = max(c, 0.35 * big)  # room for the label above a narrow matrix
+                left = x + (slot - c) / 2
+                ax.add_patch(plt.Rectangle((left, y - r), c, r, facecolor=color, edgecolor="black", alpha=0.75))
+                ax.annotate(f"{name}\n{r} x {c}", (left + c / 2, y), xytext=(0, 3), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=8)
+                x += slot
+        ax.text(-gap / 2, y - low / 2, label, ha="right", va="center", fontsize=10, weight="bold")
+        right = max(right, x)
+        y -= height + 0.45 * big
+    ax.set_xlim(-2.5 * gap, right + gap / 2)
+    ax.set_ylim(y + 0.4 * big, 0.3 * big)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.suptitle(f"one head, drawn to scale: n = {n} tokens, Linformer's k = {k}, d_head = {d}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The cost of attention over sequence length
+
+# (image size, patch size) pairs whose token counts (grid^2 + 1) span 50 to 4,097.
+BENCH_SIZES = ((224, 32), (64, 8), (224, 16), (128, 8), (224, 8), (256, 8), (224, 4), (256, 4))
+
+
+def full_attention(q, k, v):
+    """Softmax attention as written in vit-pytorch: the whole (n, n) map per head is materialized."""
+    return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1) @ v
+
+
+def linformer_attention(q, k, v, proj_k, proj_v):
+    """Linformer as written in `linformer`: keys and values projected along the sequence, then attention."""
+    k = einsum(k, proj_k, "b h n d, n k -> b h k d")
+    v = einsum(v, proj_v, "b h n d, n k -> b h k d")
+    return full_attention(q, k, v)
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes held by tensors that ops create inside the block (inputs made before it are not counted).
+
+    The CPU allocator keeps no statistics, so every op's outputs are followed until they are freed
+    (weak references, storages shared by views counted once). Scratch memory private to a kernel
+    (e.g. SDPA's per-thread blocks, a few hundred kB) is not seen.
+    """
+
+    def __enter__(self):
+        self.current = self.peak = 0
+        self._live: dict[int, list] = {}
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        inputs = {t.untyped_storage().data_ptr() for t in tensors}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t, inputs)
+        return out
+
+    def _track(self, t: torch.Tensor, inputs: set[int]) -> None:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self._live and key in inputs:
+            return  # a view of (or an in-place op on) memory that existed before the block
+        if key not in self._live:
+            self._live[key] = [storage.nbytes(), 0]
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        self._live[key][1] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self._live.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self.current -= entry[0]
+                del self._live[key]
+
+
+def peak_mb(fn, *args, device: torch.device) -> float:
+    """Peak memory (MB) that `fn(*args)` allocates beyond its inputs: CUDA's allocator statistics, else PeakMemory."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn(*args)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with PeakMemory() as mem:
+        fn(*args)
+    return mem.peak / 2**20
+
+
+def median_ms(fn, *args, device: torch.device, min_run_time: float = 0.05, min_runs: int = 3,
+              max_run_time: float = 1.0) -> float:
+    """Median wall-clock time of fn(*args) in ms: at least `min_runs` runs and `min_run_time` seconds,
+    unless the runs already took `max_run_time` (one run of a slow case is enough to see it is slow)."""
+    times = []
+    while (len(times) < min_runs or sum(times) < min_run_time) and sum(times) < max_run_time:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # GPU kernels run asynchronously: wait before reading the clock
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+@torch.inference_mode()
+def attention_benchmark(sizes=BENCH_SIZES, dim: int = 128, heads: int = 8, k: int = 64, batch: int = 1,
+                        device=None, threads: int | None = 1, min_run_time: float = 0.05,
+                        dtype=torch.float32) -> pd.DataFrame:
+    """Time (median ms) and peak memory (MB) of one attention layer's core, forward only, over sequence length.
+
+    For every (image size, patch size) in `sizes`, n = grid^2 + 1 tokens of `dim` = heads * d_head:
+    full attention written out as vit-pytorch does, the same through PyTorch's fused
+    `scaled_dot_product_attention`, and Linformer with projections to `k`. The Q, K and V
+    projections, the same for all three, are left out. On a CPU the timings use `threads`
+    threads (1 by default, as torch.utils.benchmark does: on a busy machine several threads
+    wait for each other and short sequences would measure that; None keeps torch's setting).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    before = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        rows = [row for size in sizes for row in _bench_size(*size, dim, heads, k, batch, device, min_run_time, dtype)]
+    finally:
+        torch.set_num_threads(before)
+    table = pd.DataFrame(rows)
+    table.attrs["batch"] = batch
+    table.attrs["hardware"] = describe_device(device, threads if device.type == "cpu" and threads else before)
+    return table
+
+
+def _bench_size(image_size, patch_size, dim, heads, k, batch, device, min_run_time, dtype) -> list[dict]:
+    n = (image_size // patch_size) ** 2 + 1
+    gen = torch.Generator().manual_seed(n)
+    q, kk, v = (torch.randn(batch, heads, n, dim // heads, generator=gen).to(device, dtype) for _ in range(3))
+    proj_k, proj_v = (torch.randn(n, k, generator=gen).div(math.sqrt(n)).to(device, dtype) for _ in range(2))
+    methods = {"full (hand-written)": (full_attention, (q, kk, v)),
+               "full (SDPA)": (F.scaled_dot_product_attention, (q, kk, v)),
+               f"Linformer (k={k})": (linformer_attention, (q, kk, v, proj_k, proj_v))}
+    rows = []
+    for name, (fn, args) in methods.items():
+        mb = peak_mb(fn, *args, device=device)  # also the warm-up run
+        rows.append({"image_size": image_size, "patch_size": patch_size, "seq_len": n, "method": name,
+                     "ms": median_ms(fn, *args, device=device, min_run_time=min_run_time), "peak_MB": mb})
+    return rows
+
+
+def describe_device(device: torch.device, threads: int) -> str:
+    """The device in words; for a CPU with the number of threads the timings used."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    from .train import cpu_name
+
+    return f"cpu ({cpu_name()}), {threads} thread{'s' if threads > 1 else ''}"
+
+
+def crossover(results: pd.DataFrame, method: str, baseline: str, metric: str = "ms") -> int | None:
+    """The shortest measured sequence length from which `method` beats `baseline` on `metric` at every longer one."""
+    wide = results.pivot_table(index="seq_len", columns="method", values=metric)
+    worse = np.flatnonzero((wide[method] >= wide[baseline]).to_numpy())
+    first = worse[-1] + 1 if len(worse) else 0
+    return int(wide.index[first]) if first < len(wide) else None
+
+
+def plot_benchmark(results: pd.DataFrame, k: int | None = None) -> plt.Figure:
+    """Time and peak memory against sequence length (log-log), one line per method; `k` marks n = k."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, label in ((axes[0], "ms", "time per call (ms, median)"), (axes[1], "peak_MB", "peak memory (MB)")):
+        for name, part in results.groupby("method", sort=False):
+            ax.plot(part["seq_len"], part[metric], "o-", label=name)
+        if k is not None:  # Linformer's keys are longer below n = k; its multiply-adds are fewer above n = 2k
+            for x, text in ((k, f" n = k = {k}"), (2 * k, f" n = 2k = {2 * k}")):
+                ax.axvline(x, color="gray", ls=":", lw=1)
+                ax.text(x, ax.get_ylim()[1], text, fontsize=7, va="top", color="gray", rotation=90)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length n (tokens)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    batch, hardware = results.attrs.get("batch", "?"), results.attrs.get("hardware", "unknown hardware")
+    fig.suptitle(f"one attention layer's core, forward, batch {batch}, measured on {hardware}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
