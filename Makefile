@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 # else the built-in sample, said loudly). Executed copies go to build/notebooks/.
 notebooks: setup
 	$(BIN)/python -m vitlib download
-	$(BIN)/jupyter nbconvert --to notebook --execute --output-dir build/notebooks $(NOTEBOOKS)
+	VITLIB_PROGRESS=0 $(BIN)/jupyter nbconvert --to notebook --execute --output-dir build/notebooks $(NOTEBOOKS)
 	@echo "Executed notebooks: build/notebooks/"
 
 # The tests: lint, unit tests and every notebook under nbval, offline, on the synthetic sample.
@@ -30,7 +30,7 @@ test: setup
 # Maintainers: re-execute the committed notebooks in place on real photos (refuses the sample).
 publish: setup
 	$(BIN)/python -m vitlib download --require-real
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
+	VITLIB_PROGRESS=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -24,6 +24,11 @@ from tqdm.auto import tqdm
 from .data import DataWarning, DogsVsCats, data_dir
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
+PROGRESS_ENV = "VITLIB_PROGRESS"  # "0": no progress bars (headless runs, whose saved notebooks keep only the text)
+
+
+def progress_bars() -> bool:
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
 
 
 def load_image(path: Path, size: int | None = None) -> np.ndarray:
@@ -113,7 +118,8 @@ def build_cache(
     ok = np.zeros(len(files), bool)
     with ThreadPoolExecutor(workers or os.cpu_count() or 2) as pool:
         it = pool.map(decode, files, chunksize=64)
-        for i, arr in enumerate(tqdm(it, total=len(files), desc=f"caching {part} at {size}px", leave=False)):
+        for i, arr in enumerate(tqdm(it, total=len(files), desc=f"caching {part} at {size}px", leave=False,
+                                      disable=not progress_bars())):
             if arr is not None:
                 images[i], ok[i] = arr, True
     labels = index["label"].to_numpy() if "label" in index else np.full(len(files), -1)

@@ -32,7 +32,7 @@ def _train(args) -> int:
                                   ("seed", args.seed)) if v is not None}
     preset = get_preset(args.preset, **changes)
     run = fit(preset, prepare_data(args.data), run_dir=args.run_dir, resume=not args.fresh, device=args.device,
-              progress=not args.no_progress)
+              progress=False if args.no_progress else None)
     best = run.history.loc[run.history["val_loss"].idxmin()]
     print(f"best epoch {int(best.epoch)}: val acc {best.val_acc:.4f}, val log loss {best.val_loss:.4f}; "
           f"checkpoints and history.csv in {run.run_dir}")

@@ -30,6 +30,7 @@ class ModelConfig:
     pool: str = "cls"  # or "mean"
     dropout: float = 0.0
     pos_init_std: float | None = None  # None keeps vit-pytorch's N(0, 1) position embedding
+    kv_init: str = "uniform"  # Linformer's E, F: "uniform" (linformer's own) or "identity" (see build_model)
     num_classes: int = 2
 
     @property
@@ -87,11 +88,31 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         )
     else:
         raise ValueError(f"attention must be 'linformer' or 'full', not {cfg.attention!r}")
+    if cfg.attention == "linformer" and cfg.kv_init == "identity":
+        init_identity_projections(model)
+    elif cfg.kv_init != "uniform":
+        raise ValueError(f"kv_init must be 'uniform' or 'identity', not {cfg.kv_init!r}")
     if cfg.pos_init_std is not None:
         nn.init.trunc_normal_(model.pos_embedding, std=cfg.pos_init_std)
         nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
     model.config = cfg
     return model
+
+
+@torch.no_grad()
+def init_identity_projections(model: nn.Module, noise: float = 0.02) -> None:
+    """Start Linformer's E and F (n x k) at the identity, plus a little noise.
+
+    linformer draws them uniformly at random, so at the start every projected key is a random blend
+    of all the tokens' keys, and attention has to unlearn that. With k >= n, E = F = I makes
+    Linformer start out as exactly full attention; with k < n, the first k tokens pass through and
+    the rest start from the noise. Training is free to move away from it.
+    """
+    for module in model.modules():
+        if hasattr(module, "proj_k"):
+            for proj in (module.proj_k, getattr(module, "proj_v", None)):
+                if proj is not None:
+                    proj.copy_(torch.eye(*proj.shape) + noise * torch.randn_like(proj))
 
 
 def pos_embedding(model: nn.Module) -> torch.Tensor:

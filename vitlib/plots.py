@@ -50,7 +50,12 @@ def plot_history(histories: dict[str, pd.DataFrame], source: str | None = None) 
         ax_acc.plot(h["epoch"], h["train_acc"], ls="--", color=line.get_color(), label=f"{name} train")
     ax_loss.set(xlabel="epoch", ylabel="loss (validation: competition log loss)", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    return finish(fig, (ax_loss, ax_acc), source)
+
+
+def finish(fig: plt.Figure, axes=(), source: str | None = None) -> plt.Figure:
+    """A light grid and a legend on each of `axes`, `source` as the figure's title, a tight layout."""
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if source:

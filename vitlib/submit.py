@@ -27,6 +27,7 @@ from .cache import build_cache, load_image
 from .data import CLASSES, SHIPPED, DataWarning, DogsVsCats, index_images
 from .metrics import EPS, log_loss
 from .models import load_model
+from .plots import finish
 from .presets import Preset
 from .train import pick_device, predict_proba, prepare_training_data, runs_dir
 
@@ -488,13 +489,7 @@ def plot_calibration(labels, p_dog, table: pd.DataFrame, chosen: Calibration, so
     ax_c.set(xlabel="clip to [c, 1 - c]", ylabel="validation log loss",
              title=f"chosen: {chosen.describe()}\n(held-out log loss {table.loc[best, 'held_out_log_loss']:.4f})")
     _reliability(ax_r, y, p, chosen)
-    for ax in (ax_t, ax_c):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if source:
-        fig.suptitle(source, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return finish(fig, (ax_t, ax_c), source)
 
 
 def _reliability(ax, y, p, chosen: Calibration, bins: int = 10) -> None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, metrics
 from .augment import BatchAugment, normalize
-from .cache import ImageCache, build_cache
+from .cache import ImageCache, build_cache, progress_bars
 from .data import DogsVsCats, index_images, prepare_data, project_dir, split_train_val
 from .models import build_model, config_dict
 from .presets import Preset
@@ -299,7 +299,7 @@ def fit(
     run_dir: Path | None = None,
     resume: bool = True,
     device: str | torch.device | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     stop_when=None,
 ) -> Run:
     """Train `preset` on `ds`, writing history.csv, last.pt and best.pt into `run_dir`.
@@ -310,6 +310,7 @@ def fit(
     run early (the benchmark stops at the seed's accuracy).
     """
     ds = ds or prepare_data()
+    progress = progress_bars() if progress is None else progress
     device = pick_device(device) if not isinstance(device, torch.device) else device
     run_dir = Path(run_dir or runs_dir() / f"{preset.name}-{ds.name}")
     print(f"device: {describe_device(device)}\ndata: {ds.describe()}\nrun: {preset.name} -> {run_dir.name}/")

@@ -1,0 +1,85 @@
+"""The models: geometry, initialisation and checkpoint loading."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from vitlib import models, train
+from vitlib.attention import attention_layers
+from vitlib.presets import get_preset
+
+
+@pytest.mark.parametrize("attention", ["linformer", "full"])
+def test_geometry_and_output(attention):
+    cfg = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=4, k=8, attention=attention)
+    model = models.build_model(cfg)
+    assert (cfg.grid, cfg.num_patches, cfg.seq_len, cfg.patch_dim) == (4, 16, 17, 192)
+    assert models.pos_embedding(model).shape == (17, 32)
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 2)
+
+
+def test_seed_geometry_is_the_seed_notebooks():
+    assert (models.SEED.image_size, models.SEED.patch_size, models.SEED.seq_len, models.SEED.k) == (224, 32, 50, 64)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        models.build_model(models.ModelConfig(image_size=30, patch_size=8))
+    with pytest.raises(ValueError, match="attention must be"):
+        models.build_model(models.ModelConfig(image_size=32, patch_size=8, attention="sparse"))
+    with pytest.raises(ValueError, match="kv_init must be"):
+        models.build_model(models.ModelConfig(image_size=32, patch_size=8, kv_init="zeros"))
+
+
+def test_pos_init_std_sets_a_small_position_embedding():
+    torch.manual_seed(0)
+    default = models.build_model(models.ModelConfig(image_size=32, patch_size=8, dim=64))
+    small = models.build_model(models.ModelConfig(image_size=32, patch_size=8, dim=64, pos_init_std=0.02))
+    assert models.pos_embedding(default).std() > 0.5  # vit-pytorch's N(0, 1)
+    assert models.pos_embedding(small).std() < 0.03
+
+
+def test_identity_init_makes_linformer_full_attention_when_k_equals_n():
+    """E = F = I (no noise) with k = n: Linformer's attention is exactly softmax attention over all tokens."""
+    torch.manual_seed(0)
+    cfg = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=4, k=17, kv_init="identity")
+    assert cfg.k == cfg.seq_len
+    layer = attention_layers(models.build_model(cfg))[0]
+    models.init_identity_projections(layer, noise=0.0)
+    x = torch.randn(2, cfg.seq_len, cfg.dim)
+    q, k, v = (rearrange(lin(x), "b n (h d) -> b h n d", h=cfg.heads) for lin in (layer.to_q, layer.to_k, layer.to_v))
+    full = layer.to_out(rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)"))
+    torch.testing.assert_close(layer(x), full, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # linformer's own random init is not full attention
+        layer.proj_k.uniform_(-0.25, 0.25)
+    assert not torch.allclose(layer(x), full, atol=1e-3)
+
+
+def test_identity_init_is_near_identity_with_noise():
+    torch.manual_seed(0)
+    cfg = models.ModelConfig(image_size=64, patch_size=8, kv_init="identity")
+    for layer in attention_layers(models.build_model(cfg)):
+        for proj in (layer.proj_k, layer.proj_v):
+            assert proj.shape == (cfg.seq_len, cfg.k)
+            assert (proj - torch.eye(cfg.seq_len, cfg.k)).abs().max() < 0.15
+
+
+def test_load_model_round_trips_a_training_checkpoint(tmp_path):
+    preset = get_preset("sample")
+    model = models.build_model(preset.model)
+    path = tmp_path / "ckpt.pt"
+    train.save_checkpoint(path, {"model_config": models.config_dict(preset.model), "model": model.state_dict(),
+                                 "preset": preset.to_dict(), "data": "test"})
+    loaded, meta = models.load_model(path)
+    assert not loaded.training and meta["data"] == "test" and "model" not in meta
+    x = torch.randn(2, 3, preset.model.image_size, preset.model.image_size)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_committed_checkpoints_load_with_their_provenance():
+    for attention in ("linformer", "full"):
+        model, meta = models.load_trained(models.PRETRAINED[attention], attention=attention)
+        assert model.config.attention == attention
+        assert {"command", "data", "val_acc", "val_log_loss"} <= set(meta["provenance"])
+        assert meta["data"].startswith("real photos")
