@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_download)
 
     t = sub.add_parser("train", help="train a preset; resumes an interrupted run")
-    t.add_argument("--preset", default="cpu", help="sample, cpu, seed or gpu")
+    t.add_argument("--preset", default="cpu", help="sample, cpu, cpu-full, seed or gpu")
     t.add_argument("--data", default=None, help=data_help)
     t.add_argument("--run-dir", default=None, help="default: runs/<preset>-<data>")
     t.add_argument("--epochs", type=int)

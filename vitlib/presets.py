@@ -1,8 +1,9 @@
 """Named training recipes, each a small readable config.
 
 `seed` is the seed notebook's recipe as it actually ran (its StepLR was never stepped, so the
-learning rate stayed 3e-5). `cpu` is what a 2-core laptop can train in about 15 minutes. `gpu`
-is the recipe for a CUDA GPU. `sample` runs in seconds on the synthetic sample for CI.
+learning rate stayed 3e-5). `cpu` is what a 2-core laptop can train in about 15 minutes, and
+`cpu-full` the same with full attention, for comparison. `gpu` is the recipe for a CUDA GPU
+(not yet measured on one). `sample` runs in seconds on the synthetic sample for CI.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ PRESETS = {
     "cpu": Preset(
         name="cpu",
         about="a 2-core laptop CPU, about 15 minutes",
-        model=ModelConfig(image_size=64, patch_size=8, dim=128, depth=6, heads=8, k=64, pos_init_std=0.02),
-        epochs=18, batch_size=128, lr=2e-3,
+        model=ModelConfig(image_size=64, patch_size=8, dim=128, depth=6, heads=8, k=64, pos_init_std=0.02,
+                          kv_init="identity"),
+        epochs=20, batch_size=128, lr=1e-3,
         augment=AugmentConfig(scale=(0.7, 1.0)),
     ),
     "seed": Preset(
@@ -82,6 +84,13 @@ PRESETS = {
         augment=AugmentConfig(scale=(0.35, 1.0), saturation=0.2, mixup=0.2, cutmix=1.0),
     ),
 }
+
+
+PRESETS["cpu-full"] = PRESETS["cpu"].replace(
+    name="cpu-full",
+    about="the cpu preset with full softmax attention instead of Linformer: for comparison, and for Recorder",
+    model=PRESETS["cpu"].model.replace(attention="full", kv_init="uniform"),
+)
 
 
 def get_preset(name: str, **changes) -> Preset:
