@@ -423,12 +423,15 @@ def _state(preset, model, opt, sched, scaler, epoch, rows, ds, device) -> dict:
 
 
 def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
-    """Write the best weights of a run as a small fp16 checkpoint, with its provenance beside it (JSON)."""
+    """Write the best weights of a run as a small fp16 checkpoint, with its provenance beside it (JSON).
+
+    The weights come from best.pt, the history (the whole run's) from last.pt.
+    """
     import json
     import subprocess
 
     ckpt = load_checkpoint(Path(run_dir) / "best.pt")
-    history = pd.DataFrame(ckpt["history"])
+    history = pd.DataFrame(load_checkpoint(Path(run_dir) / "last.pt")["history"])
     best = history.loc[history["val_loss"].idxmin()]
     try:
         commit = (
@@ -448,7 +451,8 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
         "epochs": int(history["epoch"].max()),
         "val_acc": round(float(best.val_acc), 4),
         "val_log_loss": round(float(best.val_loss), 4),
-        "train_minutes": round(float(best.elapsed_s) / 60, 1),
+        "minutes_to_best": round(float(best.elapsed_s) / 60, 1),
+        "minutes_in_all": round(float(history["elapsed_s"].iloc[-1]) / 60, 1),
         "vitlib": ckpt["vitlib"],
         "git_commit": commit,
     }
@@ -457,7 +461,7 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
         "preset": ckpt["preset"],
         "data": ckpt["data"],
         "device": ckpt["device"],
-        "history": ckpt["history"],
+        "history": history.to_dict("list"),
         "provenance": provenance,
         "model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
     }
