@@ -117,3 +117,20 @@ def test_the_default_cache_folder_follows_vitlib_data_dir(ds, tmp_path, monkeypa
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "elsewhere"))
     build_cache(ds, data.index_images(ds), 8)
     assert os.listdir(tmp_path / "elsewhere" / "cache") == ["ds-train-8px.pt"]
+
+
+def test_a_damaged_cache_file_is_rebuilt_not_a_crash(ds, tmp_path):
+    index = data.index_images(ds)
+    first = build_cache(ds, index, 8, cache_dir=tmp_path / "cache")
+    (tmp_path / "cache" / "ds-train-8px.pt").write_bytes(b"half a cache")
+    rebuilt = build_cache(ds, index, 8, cache_dir=tmp_path / "cache")
+    torch.testing.assert_close(rebuilt.images, first.images)
+
+
+def test_the_cache_is_built_in_its_final_layout_and_select_keeps_the_skipped(ds, tmp_path):
+    (ds.train_dir / "dog.9.jpg").write_bytes(b"not a jpeg")
+    index = data.index_images(ds)
+    with pytest.warns(data.DataWarning):
+        built = build_cache(ds, index, 8, cache_dir=tmp_path / "cache")
+    assert built.images.is_contiguous() and built.images.shape == (4, 3, 8, 8)
+    assert built.select(built.files[:2]).skipped == ["train/dog.9.jpg"]

@@ -526,3 +526,12 @@ def test_importing_vitlib_does_not_import_kaggle(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
     assert list(home.iterdir()) == []
+
+
+def test_a_truncated_competition_zip_in_a_folder_is_a_clear_data_error(tmp_path):
+    """_is_wrapper opens every zip of the folder first: a truncated one must not give a raw BadZipFile."""
+    folder = tmp_path / "download"
+    folder.mkdir()
+    (folder / "dogs-vs-cats-redux-kernels-edition.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 96)
+    with pytest.raises(data.DataError, match="not a readable zip.*download it again"):
+        data.prepare_data(folder, dest=tmp_path / "data", verbose=False)

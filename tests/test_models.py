@@ -83,3 +83,16 @@ def test_committed_checkpoints_load_with_their_provenance():
         assert model.config.attention == attention
         assert {"command", "data", "val_acc", "val_log_loss"} <= set(meta["provenance"])
         assert meta["data"].startswith("real photos")
+
+
+def test_kv_init_is_ignored_by_full_attention_and_checked_for_linformer():
+    models.build_model(models.ModelConfig(image_size=32, patch_size=8, attention="full", kv_init="identity"))
+
+
+def test_load_trained_skips_an_unreadable_run_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv(train.RUNS_ENV, str(tmp_path))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="Skipped Cannot read best.pt in broken/"):
+        model, meta = models.load_trained()
+    assert meta["source"] == "committed checkpoint"

@@ -4,7 +4,6 @@ Training runs on a tiny synthetic sample (64 images at 32 px, three steps an epo
 """
 
 import os
-import pickle
 
 import numpy as np
 import pandas as pd
@@ -138,7 +137,7 @@ def test_loading_refuses_pickled_code(tmp_path):
     """weights_only=True: a checkpoint from the internet cannot run code (here: hold an arbitrary object)."""
     path = tmp_path / "evil.pt"
     torch.save({"preset": PRESET}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(train.CheckpointError, match="UnpicklingError.*not a vitlib checkpoint"):
         train.load_checkpoint(path)
 
 
@@ -292,3 +291,92 @@ def test_fewer_images_than_one_batch_is_a_clear_error(tiny, tmp_path):
     with pytest.raises(ValueError, match="less than one batch"):
         run_fit(PRESET.replace(batch_size=1000), tiny, tmp_path / "run")
     assert not os.path.exists(tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision, divergence, exports
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                                   ((9, 0), torch.bfloat16)])
+def test_gpus_before_ampere_get_fp16_with_a_scaler_not_emulated_bf16(monkeypatch, capability, dtype):
+    """torch.cuda.is_bf16_supported() says yes on a T4 (emulated, slow); the capability decides."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train.autocast_dtype(torch.device("cuda")) == dtype
+
+
+def test_mps_runs_in_fp32_without_an_autocast_context():
+    assert train.autocast_dtype(torch.device("mps")) is None
+    with train.autocast(torch.device("mps")):  # a no-op context: older torch has no MPS autocast at all
+        pass
+
+
+def as_fp16(monkeypatch):
+    """Make the CPU behave like a T4: fp16 autocast and an enabled GradScaler."""
+    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.float16)
+
+
+def test_the_fp16_path_trains_with_an_enabled_grad_scaler(tiny, tmp_path, monkeypatch):
+    as_fp16(monkeypatch)
+    run = run_fit(PRESET.replace(epochs=1), tiny, tmp_path / "run")
+    assert np.isfinite(run.history["train_loss"]).all()
+    assert train.load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]["scale"] > 0
+
+
+@pytest.mark.parametrize("first_fp16", [True, False])
+def test_a_run_resumes_on_a_device_of_another_precision(tiny, tmp_path, monkeypatch, first_fp16):
+    """A run started on a CPU (no scaler state) resumes on a T4 (fp16 + scaler), and the other way round."""
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        if first_fp16:
+            as_fp16(m)
+        interrupt_after(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_fit(PRESET.replace(epochs=2), tiny, run_dir)
+    with monkeypatch.context() as m:
+        if not first_fp16:
+            as_fp16(m)
+        resumed = run_fit(PRESET.replace(epochs=2), tiny, run_dir)
+    assert list(resumed.history["epoch"]) == [1, 2]
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    real = train.F.cross_entropy
+    calls = {"n": 0}
+
+    def nan_after_the_first_epoch(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 3 else loss  # three steps an epoch
+
+    monkeypatch.setattr(train.F, "cross_entropy", nan_after_the_first_epoch)
+    with pytest.raises(FloatingPointError, match="diverged in epoch 2.*lower the learning rate"):
+        run_fit(PRESET.replace(epochs=3), tiny, tmp_path / "run")
+    assert train.load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert train.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+
+
+def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(train.CheckpointError, match="Cannot read last.pt.*damaged"):
+        train.load_checkpoint(path)
+
+
+def test_export_keeps_the_best_weights_and_the_whole_history(finished, tmp_path, monkeypatch):
+    out = tmp_path / "pretrained" / "model.pt"
+    provenance = train.export_checkpoint(finished.run_dir, out, command="pytest")
+    best = train.load_checkpoint(finished.run_dir / "best.pt")
+    slim = train.load_checkpoint(out)
+    assert slim["epoch"] == best["epoch"] == provenance["epoch"] and provenance["epochs"] == EPOCHS
+    assert len(slim["history"]["epoch"]) == EPOCHS and "optimizer" not in slim
+    for name, weights in best["model"].items():  # fp16 copies of the best weights
+        torch.testing.assert_close(slim["model"][name].float(), weights.float(), rtol=1e-3, atol=1e-3)
+    assert out.with_suffix(".json").is_file()
+
+    monkeypatch.setattr(train, "REFERENCE_RUNS", tmp_path / "reference-runs.csv")
+    train.add_reference_run("tiny", finished.run_dir)
+    runs = train.add_reference_run("tiny", finished.run_dir)  # recording again replaces, never duplicates
+    assert list(runs["run"]) == ["tiny"] * EPOCHS and runs["device"].str.startswith("cpu").all()
+    pd.testing.assert_frame_equal(train.reference_runs(), runs, check_dtype=False)

@@ -76,6 +76,7 @@ class ImageCache:
             self.labels[idx.to(self.labels.device)],
             self.ids[idx.to(self.ids.device)],
             [self.files[i] for i in rows],
+            self.skipped,
         )
 
 
@@ -103,8 +104,12 @@ def build_cache(
     files = list(index["file"])
     key = fingerprint(ds, files, size)
     path = Path(cache_dir or data_dir() / "cache") / f"{ds.name}-{part}-{size}px.pt"
+    saved = {}
     if path.is_file():
-        saved = torch.load(path, weights_only=True)
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception:  # a damaged cache is only a cache: build it again
+            saved = {}
         if saved.get("fingerprint") == key:
             return _report(ImageCache(saved["images"], saved["labels"], saved["ids"], saved["files"], saved["skipped"]))
 
@@ -114,35 +119,39 @@ def build_cache(
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             return None
 
-    images = np.empty((len(files), size, size, 3), np.uint8)
+    # decoded straight into the final (N, 3, S, S) layout: one copy of the cache in memory, not three
+    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
     ok = np.zeros(len(files), bool)
     with ThreadPoolExecutor(workers or os.cpu_count() or 2) as pool:
-        it = pool.map(decode, files, chunksize=64)
-        for i, arr in enumerate(tqdm(it, total=len(files), desc=f"caching {part} at {size}px", leave=False,
-                                      disable=not progress_bars())):
+        decoded = pool.map(decode, files)
+        bar = tqdm(
+            decoded, total=len(files), desc=f"caching {part} at {size}px", leave=False, disable=not progress_bars()
+        )
+        for i, arr in enumerate(bar):
             if arr is not None:
-                images[i], ok[i] = arr, True
+                images[i] = torch.from_numpy(arr).permute(2, 0, 1)
+                ok[i] = True
+    if not ok.all():
+        images = images[torch.from_numpy(ok)]
     labels = index["label"].to_numpy() if "label" in index else np.full(len(files), -1)
     cache = ImageCache(
-        images=torch.from_numpy(images[ok]).permute(0, 3, 1, 2).contiguous(),
+        images=images,
         labels=torch.as_tensor(labels[ok], dtype=torch.long),
         ids=torch.as_tensor(index["id"].to_numpy()[ok], dtype=torch.long),
         files=[f for f, good in zip(files, ok, strict=True) if good],
         skipped=[f for f, good in zip(files, ok, strict=True) if not good],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
-            "fingerprint": key,
-            "images": cache.images,
-            "labels": cache.labels,
-            "ids": cache.ids,
-            "files": cache.files,
-            "skipped": cache.skipped,
-        },
-        tmp,
-    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {
+        "fingerprint": key,
+        "images": cache.images,
+        "labels": cache.labels,
+        "ids": cache.ids,
+        "files": cache.files,
+        "skipped": cache.skipped,
+    }
+    torch.save(state, tmp)
     os.replace(tmp, path)
     return _report(cache)
 
@@ -162,7 +171,7 @@ def image_stats(cache: ImageCache, chunk: int = 1000) -> pd.DataFrame:
     """Per image: brightness (mean grey level), contrast (its std) and colourfulness (mean channel spread)."""
     rows = []
     for i in range(0, len(cache), chunk):
-        x = cache.images[i : i + chunk].float() / 255
+        x = cache.images[i : i + chunk].cpu().float() / 255
         grey = x.mean(1)
         rows.append(
             pd.DataFrame(

@@ -112,8 +112,7 @@ class DogsVsCats:
 # Preparing a source
 
 
-def prepare_data(source: str | os.PathLike | None = None, dest: Path | None = None,
-                 verbose: bool = True) -> DogsVsCats:
+def prepare_data(source: str | os.PathLike | None = None, dest: Path | None = None, verbose: bool = True) -> DogsVsCats:
     """Get the data onto disk, extracted and checked; a second call is a fast no-op.
 
     source: "auto" (default; also read from $VITLIB_DATA): the Kaggle data already in `dest`,
@@ -145,9 +144,11 @@ def _auto(dest: Path) -> DogsVsCats:
             return _layout(folder, name, "kaggle")
     if download.credential_source() is not None:
         return _kaggle(dest)
-    banner = ("No Kaggle data in data/ and no Kaggle credentials: using the built-in SYNTHETIC sample "
-              "(drawn shapes, not photos). For the real photos add Kaggle credentials, or set "
-              "VITLIB_DATA to a folder holding train.zip and test.zip.")
+    banner = (
+        "No Kaggle data in data/ and no Kaggle credentials: using the built-in SYNTHETIC sample "
+        "(drawn shapes, not photos). For the real photos add Kaggle credentials, or set "
+        "VITLIB_DATA to a folder holding train.zip and test.zip."
+    )
     print("!" * 100 + "\n" + banner + "\n" + "!" * 100)
     return _sample(dest)
 
@@ -171,7 +172,8 @@ def _local(source: Path, dest: Path) -> DogsVsCats:
         raise DataError(
             f"{source} does not exist. Point VITLIB_DATA (or prepare_data) at a folder holding "
             "train.zip and test.zip from https://www.kaggle.com/c/dogs-vs-cats-redux-kernels-edition/data, "
-            "at that folder once extracted (train/ and test/), or at the competition zip itself.")
+            "at that folder once extracted (train/ and test/), or at the competition zip itself."
+        )
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise DataError(f"{source} is not a zip file (a truncated download?). Download it again.")
@@ -207,15 +209,22 @@ def _layout(folder: Path, name: str, kind: str, zips_from: Path | None = None) -
         raise DataError(
             f"No train/ folder with images in '{folder.name}' (looked for train/ and train.zip). "
             "Expected the Kaggle layout: train.zip (train/cat.N.jpg, train/dog.N.jpg), test.zip, "
-            "sample_submission.csv.")
+            "sample_submission.csv."
+        )
     test = next((folder / t for t in TEST_FOLDERS if (folder / t).is_dir()), None)
     csv = next((folder / c for c in SUBMISSION_FILES if (folder / c).is_file()), None)
     return DogsVsCats(name, kind, folder, train, test, csv)
 
 
 def _is_wrapper(zip_path: Path) -> bool:
-    with zipfile.ZipFile(zip_path) as zf:
-        return any(PurePosixPath(n).name == "train.zip" for n in zf.namelist())
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return any(PurePosixPath(n).name == "train.zip" for n in zf.namelist())
+    except zipfile.BadZipFile as e:
+        raise DataError(
+            f"{zip_path.name} is not a readable zip ({e}): probably a truncated download. "
+            "Delete it and download it again."
+        ) from None
 
 
 def _jpegs(folder: Path):
@@ -249,11 +258,11 @@ def check_archive(zf: zipfile.ZipFile) -> list[str]:
         name = info.filename.replace("\\", "/")
         parts = PurePosixPath(name).parts
         if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-            raise UnsafeArchiveError(f"Refusing to extract {zf.filename}: entry {info.filename!r} "
-                                     "would land outside the target folder.")
+            raise UnsafeArchiveError(
+                f"Refusing to extract {zf.filename}: entry {info.filename!r} would land outside the target folder."
+            )
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise UnsafeArchiveError(f"Refusing to extract {zf.filename}: entry {info.filename!r} "
-                                     "is a symbolic link.")
+            raise UnsafeArchiveError(f"Refusing to extract {zf.filename}: entry {info.filename!r} is a symbolic link.")
         if parts and parts[0] not in tops:
             tops.append(parts[0])
     return tops
@@ -278,8 +287,10 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
     try:
         zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as e:
-        raise DataError(f"{zip_path.name} is not a readable zip ({e}): probably a truncated download. "
-                        "Delete it and download it again.") from None
+        raise DataError(
+            f"{zip_path.name} is not a readable zip ({e}): probably a truncated download. "
+            "Delete it and download it again."
+        ) from None
     with zf:
         tops = check_archive(zf)
         dest.mkdir(parents=True, exist_ok=True)
@@ -289,17 +300,22 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
             zf.extractall(staging)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             shutil.rmtree(staging, ignore_errors=True)
-            raise DataError(f"Extracting {zip_path.name} failed ({e}): the zip is damaged or the disk "
-                            "is full. Nothing was changed; delete the zip and download it again.") from None
+            raise DataError(
+                f"Extracting {zip_path.name} failed ({e}): the zip is damaged or the disk "
+                "is full. Nothing was changed; delete the zip and download it again."
+            ) from None
     marker.unlink(missing_ok=True)
     for top in tops:
         final = dest / top
         if final.exists():
             aside = _free_name(final)
             os.replace(final, aside)
-            warnings.warn(f"{final.name} was in the way of a fresh extraction of {zip_path.name} "
-                          f"(an earlier run stopped halfway?); kept it as {aside.name}.", DataWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"{final.name} was in the way of a fresh extraction of {zip_path.name} "
+                f"(an earlier run stopped halfway?); kept it as {aside.name}.",
+                DataWarning,
+                stacklevel=2,
+            )
         os.replace(staging / top, final)
     shutil.rmtree(staging, ignore_errors=True)
     _write_atomic(marker, json.dumps({**stamp, "tops": tops}))
@@ -341,14 +357,23 @@ def check_counts(ds: DogsVsCats, warn: bool = False) -> pd.DataFrame:
     rows = []
     for part, folder in (("train", ds.train_dir), ("test", ds.test_dir)):
         found = count_images(folder)
-        rows.append({"folder": folder.name if folder else f"({part} missing)", "images": found,
-                     "expected": expected[part], "ok": found == expected[part]})
+        rows.append(
+            {
+                "folder": folder.name if folder else f"({part} missing)",
+                "images": found,
+                "expected": expected[part],
+                "ok": found == expected[part],
+            }
+        )
     table = pd.DataFrame(rows)
     if warn and not table["ok"].all():
-        parts = ", ".join(f"{r.folder}: {r.images:,} (expected {r.expected:,})" for r in table.itertuples()
-                          if not r.ok)
-        warnings.warn(f"{ds.name}: {parts}. Fine for a partial copy such as a dev subset; for the "
-                      "competition itself, download again.", DataWarning, stacklevel=2)
+        parts = ", ".join(f"{r.folder}: {r.images:,} (expected {r.expected:,})" for r in table.itertuples() if not r.ok)
+        warnings.warn(
+            f"{ds.name}: {parts}. Fine for a partial copy such as a dev subset; for the "
+            "competition itself, download again.",
+            DataWarning,
+            stacklevel=2,
+        )
     return table
 
 
@@ -382,8 +407,12 @@ def index_images(ds: DogsVsCats, part: str = "train") -> pd.DataFrame:
             row["class"] = CLASSES[row["label"]]
         rows.append(row)
     if odd:
-        warnings.warn(f"Left out {len(odd)} file(s) in {folder.name}/ not named like the competition's: "
-                      f"{', '.join(sorted(odd)[:5])}", DataWarning, stacklevel=2)
+        warnings.warn(
+            f"Left out {len(odd)} file(s) in {folder.name}/ not named like the competition's: "
+            f"{', '.join(sorted(odd)[:5])}",
+            DataWarning,
+            stacklevel=2,
+        )
     keys = ["label", "id"] if part == "train" else ["id"]
     cols = ["file", "id", "label", "class"] if part == "train" else ["file", "id"]
     return pd.DataFrame(rows, columns=cols).sort_values(keys, ignore_index=True)

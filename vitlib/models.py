@@ -8,6 +8,7 @@ values are first projected along the sequence from n to k.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -88,10 +89,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         )
     else:
         raise ValueError(f"attention must be 'linformer' or 'full', not {cfg.attention!r}")
-    if cfg.attention == "linformer" and cfg.kv_init == "identity":
-        init_identity_projections(model)
-    elif cfg.kv_init != "uniform":
+    if cfg.kv_init not in ("uniform", "identity"):
         raise ValueError(f"kv_init must be 'uniform' or 'identity', not {cfg.kv_init!r}")
+    if cfg.attention == "linformer" and cfg.kv_init == "identity":  # full attention has no E and F
+        init_identity_projections(model)
     if cfg.pos_init_std is not None:
         nn.init.trunc_normal_(model.pos_embedding, std=cfg.pos_init_std)
         nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
@@ -126,7 +127,9 @@ def count_parameters(model: nn.Module) -> int:
 
 def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     """A model from a vitlib checkpoint (trusted or not: weights_only=True), and its metadata."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    from .train import load_checkpoint
+
+    ckpt = load_checkpoint(path, device)
     model = build_model(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
@@ -150,12 +153,16 @@ def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple
     04 writes one). The committed checkpoints (vitlib/pretrained/) were written by vitlib's own
     training code; meta["provenance"] says with what command, data and result.
     """
-    from .train import runs_dir
+    from .train import CheckpointError, load_checkpoint, runs_dir
 
     if path is None:
         path = PRETRAINED[attention]
         for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
-            ckpt = torch.load(own, map_location="cpu", weights_only=True)
+            try:
+                ckpt = load_checkpoint(own)
+            except CheckpointError as e:
+                warnings.warn(f"Skipped {e}", stacklevel=2)
+                continue
             if ckpt["model_config"]["attention"] == attention and not ckpt["data"].startswith("SYNTHETIC"):
                 path = own
                 break
@@ -164,3 +171,35 @@ def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple
         "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
     )
     return model, meta
+
+
+def describe(model: nn.Module, meta: dict | None = None) -> str:
+    """The architecture, its geometry and size; given a checkpoint's meta, also where its weights come from."""
+    cfg = model.config
+    kind = (
+        f"efficient ViT + Linformer (k = {cfg.k})" if cfg.attention == "linformer" else "standard ViT (full attention)"
+    )
+    line = (
+        f"{kind}: {cfg.image_size} px, patch {cfg.patch_size} -> {cfg.grid}x{cfg.grid} patches + CLS = "
+        f"{cfg.seq_len} tokens, dim {cfg.dim} = {cfg.heads} heads x {cfg.dim // cfg.heads}, depth {cfg.depth}, "
+        f"{count_parameters(model) / 1e6:.2f}M parameters"
+    )
+    if meta:
+        row = checkpoint_epoch(meta)
+        line += f"\n{meta.get('source', 'checkpoint')}: trained on {meta['data']}"
+        if row is not None:
+            line += (
+                f"; weights of epoch {int(row['epoch'])} of {len(meta['history']['epoch'])}: validation accuracy "
+                f"{row['val_acc']:.4f}, log loss {row['val_loss']:.4f}"
+            )
+    return line
+
+
+def checkpoint_epoch(meta: dict) -> dict | None:
+    """The history row of the epoch a checkpoint's weights come from (None if it has no history)."""
+    history = meta.get("history")
+    if not history:
+        return None
+    rows = [dict(zip(history, values, strict=True)) for values in zip(*history.values(), strict=True)]
+    epoch = meta.get("epoch", rows[-1]["epoch"])
+    return next((r for r in rows if r["epoch"] == epoch), None)

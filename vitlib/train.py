@@ -6,10 +6,13 @@ Every epoch draws its randomness (shuffle, crops, flips, mixes) from generators 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 import platform
-import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,7 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
 def cpu_supports_bf16() -> bool:
     """bf16 is fast on CPUs with AVX512-BF16 or AMX (Xeon since Cooper/Sapphire Rapids); slow elsewhere."""
     try:
@@ -76,12 +80,30 @@ def cpu_name() -> str:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on Ampere-or-later GPUs and bf16-capable CPUs, fp16 (with a grad scaler) on older GPUs."""
+    """bf16 on Ampere-or-later GPUs and bf16-capable CPUs, fp16 (with a grad scaler) on older GPUs.
+
+    The GPU test is the compute capability (8.0 = Ampere): `torch.cuda.is_bf16_supported()` also
+    says yes on a T4, where bf16 is emulated and slow.
+    """
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+def autocast(device: torch.device):
+    """The device's mixed-precision context, or none at all (older torch has no MPS autocast, even disabled)."""
+    amp = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock measures it (CUDA and MPS are asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def describe_device(device: torch.device) -> str:
@@ -114,9 +136,10 @@ def prepare_training_data(ds: DogsVsCats, preset: Preset, device: torch.device) 
     index = split_train_val(index_images(ds), preset.val_fraction, preset.split_seed)
     cache = build_cache(ds, index, preset.model.image_size)
     on = device if _fits(cache, device) else torch.device("cpu")
-    train = cache.select(index.loc[index["split"] == "train", "file"]).to(on)
-    val = cache.select(index.loc[index["split"] == "val", "file"]).to(on)
-    return TrainData(train, val, ds.describe(), time.perf_counter() - start)
+    train = cache.select(index.loc[index["split"] == "train", "file"])
+    val = cache.select(index.loc[index["split"] == "val", "file"])
+    del cache  # the two parts are copies: free the whole before moving them
+    return TrainData(train.to(on), val.to(on), ds.describe(), time.perf_counter() - start)
 
 
 def _fits(cache: ImageCache, device: torch.device) -> bool:
@@ -176,19 +199,18 @@ def lr_curve(preset: Preset, steps_per_epoch: int) -> np.ndarray:
 # Prediction and one epoch
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_proba(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 512, tta: bool = True, device: torch.device | None = None
+    model: nn.Module, images: torch.Tensor, batch_size: int = 256, tta: bool = True, device: torch.device | None = None
 ) -> np.ndarray:
     """P(dog) for uint8 images (N, 3, S, S), in batches; with `tta`, averaged with the mirror image."""
     device = device or next(model.parameters()).device
-    amp = autocast_dtype(device)
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(device):
             p = model(x).float().softmax(-1)[:, 1]
             if tta:
                 p = (p + model(x.flip(-1)).float().softmax(-1)[:, 1]) / 2
@@ -214,20 +236,21 @@ def train_one_epoch(
     progress: bool = True,
 ) -> dict:
     model.train()
-    amp = autocast_dtype(device)
     torch.manual_seed(preset.seed * 1_000_003 + epoch)  # MixUp/CutMix and dropout use the global RNG
     gen = epoch_generator(preset, epoch, device)
+    # the order is drawn on the CPU (the same on every device), then moved once, not once a step
     order = torch.randperm(len(data), generator=epoch_generator(preset, epoch, torch.device("cpu")))
+    order = order.to(data.images.device)
     steps = len(data) // preset.batch_size
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     start = time.perf_counter()
     for step in tqdm(range(steps), desc=f"epoch {epoch}", leave=False, disable=not progress):
-        idx = order[step * preset.batch_size : (step + 1) * preset.batch_size].to(data.images.device)
+        idx = order[step * preset.batch_size : (step + 1) * preset.batch_size]
         x = data.images[idx].to(device, non_blocking=True)
         y = data.labels[idx].to(device, non_blocking=True)
         x, target = augment(x, y, gen)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(device):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=preset.label_smoothing)
         opt.zero_grad(set_to_none=True)
@@ -237,16 +260,26 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
         scaler.step(opt)
         scaler.update()
-        sched.step()
+        lr = opt.param_groups[0]["lr"]  # the rate this step used
+        with warnings.catch_warnings():  # fp16: a step the scaler skips (inf gradients) still advances the schedule
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            sched.step()
         loss_sum += loss.detach() * len(y)
         hard = target.argmax(-1) if target.ndim == 2 else target
         correct += (logits.argmax(-1) == hard).sum()
+    synchronize(device)
+    seconds = time.perf_counter() - start
     seen = steps * preset.batch_size
-    seconds = time.perf_counter() - start  # .item() below waits for the device
+    train_loss = loss_sum.item() / seen
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(
+            f"Training diverged in epoch {epoch} (the loss is {train_loss}). The checkpoints of "
+            "the epochs before are intact; lower the learning rate or keep grad_clip on."
+        )
     return {
-        "train_loss": loss_sum.item() / seen,
+        "train_loss": train_loss,
         "train_acc": correct.item() / seen,
-        "lr": opt.param_groups[0]["lr"],
+        "lr": lr,
         "epoch_s": seconds,
         "images_per_s": seen / seconds,
     }
@@ -256,16 +289,48 @@ def train_one_epoch(
 # Checkpoints
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")  # beside the target: the rename stays atomic
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file, then rename: a crash never leaves half a checkpoint."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = _tmp(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message says which and what to do."""
+
+
 def load_checkpoint(path: Path, device="cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
+    """A vitlib checkpoint, loaded with weights_only=True (no code from the file runs)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated, not a checkpoint, or holding objects weights_only refuses
+        raise CheckpointError(
+            f"Cannot read {Path(path).name} in {Path(path).parent.name}/ ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). It is damaged or not a vitlib checkpoint; move it "
+            "away (or choose another run_dir) and train again."
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{Path(path).name} is not a vitlib checkpoint.")
+    if ckpt.get("format", CHECKPOINT_FORMAT) > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{Path(path).name} was written by a newer vitlib (format {ckpt['format']}); upgrade vitlib to read it."
+        )
+    return ckpt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +414,8 @@ def fit(
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] and scaler.is_enabled():  # a run may resume on a device of another precision
+            scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         rows, first = pd.DataFrame(ckpt["history"]).to_dict("records"), ckpt["epoch"] + 1
         print(
@@ -383,13 +449,12 @@ def fit(
                 f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['epoch_s']:.1f}s "
                 f"{row['images_per_s']:.0f} img/s"
             )
-            save_checkpoint(last, _state(preset, model, opt, sched, scaler, epoch, rows, ds, device))
-            pd.DataFrame(rows).to_csv(run_dir / "history.csv", index=False)
-            if row["val_loss"] < best:
+            state = _state(preset, model, opt, sched, scaler, epoch, rows, ds, device)
+            if row["val_loss"] < best:  # best.pt first: a crash before last.pt only repeats this epoch
                 best = row["val_loss"]
-                tmp = run_dir / "best.pt.tmp"
-                shutil.copyfile(last, tmp)
-                os.replace(tmp, run_dir / "best.pt")
+                save_checkpoint(run_dir / "best.pt", state)
+            save_checkpoint(last, state)
+            write_atomic(run_dir / "history.csv", pd.DataFrame(rows).to_csv(index=False))
             if stop_when is not None and stop_when(row):
                 break
     except KeyboardInterrupt:
@@ -432,7 +497,7 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
 
     ckpt = load_checkpoint(Path(run_dir) / "best.pt")
     history = pd.DataFrame(load_checkpoint(Path(run_dir) / "last.pt")["history"])
-    best = history.loc[history["val_loss"].idxmin()]
+    best = history.loc[history["epoch"] == ckpt["epoch"]].iloc[0]
     try:
         commit = (
             subprocess.run(
@@ -457,6 +522,7 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
         "git_commit": commit,
     }
     slim = {
+        "epoch": ckpt["epoch"],
         "model_config": ckpt["model_config"],
         "preset": ckpt["preset"],
         "data": ckpt["data"],
@@ -468,7 +534,7 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, slim)
-    out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_atomic(out.with_suffix(".json"), json.dumps(provenance, indent=2) + "\n")
     return provenance
 
 
@@ -491,5 +557,5 @@ def add_reference_run(name: str, run_dir: Path) -> pd.DataFrame:
     first = ["run", "device", "data", "epoch"]
     runs = runs[first + [c for c in runs.columns if c not in first]]
     REFERENCE_RUNS.parent.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(REFERENCE_RUNS, index=False)
+    write_atomic(REFERENCE_RUNS, runs.to_csv(index=False))
     return runs

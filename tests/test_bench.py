@@ -1,0 +1,51 @@
+"""The benchmark: both pipelines measured on the same photos, and the time to a target from the zips."""
+
+import pytest
+import torch
+
+from vitlib import bench, data, sample
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = sample.write_sample(tmp_path_factory.mktemp("src") / "tiny", n_train=64, n_test=4)
+    return folder, data.prepare_data(folder, dest=tmp_path_factory.mktemp("data"), verbose=False)
+
+
+@pytest.fixture(autouse=True)
+def _quiet(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_seed_dataset_decodes_one_photo_at_224_px_with_its_label(tiny):
+    _, ds = tiny
+    files = sorted(p for p in ds.train_dir.iterdir())
+    x, y = bench.SeedDataset(files, 224)[0]
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    assert y == data.parse_label(files[0].name)
+
+
+def test_measure_reports_both_pipelines_with_ratios_to_the_seed(tiny):
+    _, ds = tiny
+    table = bench.measure(ds, seconds=0.2, subset=32, device=torch.device("cpu"))
+    assert list(table["measure"]) == ["data"] * 3 + ["train"] * 3
+    assert (table["images_per_s"] > 0).all()
+    assert table.groupby("measure")["vs_seed"].first().tolist() == [1.0, 1.0]
+
+
+def test_time_to_accuracy_starts_from_the_zips_and_stops_at_the_target(tiny, monkeypatch):
+    folder, _ = tiny
+    monkeypatch.setenv(data.DATA_DIR_ENV, "/keep/me")
+    got = bench.time_to_accuracy(folder, target=0.0, preset="sample")
+    assert got["epochs"] == 1 and got["seconds"] > 0 and got["seconds"] >= got["extract_s"] >= 0
+    assert data.data_dir().as_posix() == "/keep/me"  # the user's setting is restored
+
+
+def test_time_to_accuracy_refuses_a_folder_without_zips(tiny):
+    _, ds = tiny
+    with pytest.raises(ValueError, match="starts from the zips"):
+        bench.time_to_accuracy(ds.train_dir)
