@@ -28,9 +28,11 @@ test: setup
 	$(BIN)/python -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 # Maintainers: re-execute the committed notebooks in place on real photos (refuses the sample).
+# Notebook 04 trains afresh into build/publish-runs/ (never resumes an old run).
 publish: setup
 	$(BIN)/python -m vitlib download --require-real
-	VITLIB_PROGRESS=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
+	rm -rf build/publish-runs
+	VITLIB_PROGRESS=0 VITLIB_RUNS_DIR=$(CURDIR)/build/publish-runs $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -162,9 +162,17 @@ def test_crossover_finds_where_a_method_wins_for_good():
 def test_plots_run():
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     heads = torch.rand(4, 4, 4)
-    assert len(attention.plot_heads(image, heads, "t").axes) == 5
-    assert len(attention.plot_overlays(image[None].expand(2, -1, -1, -1), heads[:2], ["a", "b"], "t").axes) == 4
-    assert len(attention.plot_linformer_weights(torch.rand(3, 5, 4), "t").axes) == 3
+    fig = attention.plot_heads(image, heads, "t")
+    assert len(fig.axes) == 5 + 1  # the photo, 4 heads, the colour bar
+    overlays = [ax.images[1] for ax in fig.axes[1:5]]
+    assert all(im.get_array().shape == (4, 4) for im in overlays)  # one block per patch, not upsampled
+    assert all(im.get_interpolation() == "nearest" for im in overlays)
+    assert {im.get_clim() for im in overlays} == {(0.0, float(heads.max()))}  # one scale for all heads
+    assert overlays[0].norm(float(heads.max()) / 4) == pytest.approx(0.5)  # square-root scale by default
+    signed = attention.plot_heads(image, heads - 0.5, "t", symmetric=True).axes[1].images[1].get_clim()
+    assert signed[0] == -signed[1] == -float((heads - 0.5).abs().max())
+    assert len(attention.plot_overlays(image[None].expand(2, -1, -1, -1), heads[:2], ["a", "b"], "t").axes) == 4 + 1
+    assert len(attention.plot_linformer_weights(torch.rand(3, 5, 4), "t").axes) == 3 + 1
     fig = attention.plot_attention_shapes(50, 64, 16)
     assert len(fig.axes[0].patches) == 3 + 6  # Q, Kᵀ, scores; Eᵀ, K, K̄, Q, K̄ᵀ, scores
     plt.close("all")

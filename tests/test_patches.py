@@ -68,7 +68,19 @@ def test_position_similarity_of_a_smooth_embedding_falls_with_distance():
     torch.testing.assert_close(flat, flat.T)
     by_distance = patches.similarity_by_distance(sim)
     assert by_distance.index.min() == 1
-    assert by_distance.is_monotonic_decreasing
+    assert by_distance["mean cosine"].is_monotonic_decreasing
+    assert by_distance["pairs"].sum() == grid * grid * (grid * grid - 1) // 2  # every pair once
+    assert by_distance.loc[1.0, "pairs"] == 2 * grid * (grid - 1) + 2 * (grid - 1) ** 2  # diagonals: 1.41 -> 1
+
+
+def test_mean_similarity_counts_every_pair_once():
+    grid = 3  # distances: 1 (12 pairs), 1.41 -> 1 (8), 2 (6), 2.24 -> 2 (8), 2.83 -> 3 (2)
+    rc = torch.cartesian_prod(torch.arange(grid), torch.arange(grid)).float()
+    dist = torch.cdist(rc, rc).round()
+    sim = torch.where(dist >= 3, 1.0, torch.where(dist == 0, 1.0, 0.0)).reshape(grid, grid, grid, grid)
+    assert patches.similarity_by_distance(sim).loc[3.0, "pairs"] == 2
+    assert patches.mean_similarity(sim, 2) == 2 / (6 + 8 + 2)  # not the mean of per-distance means (1/2)
+    assert patches.mean_similarity(sim, 1, 1) == 0.0
 
 
 def test_position_similarity_reads_the_models_embedding():
@@ -127,5 +139,9 @@ def test_plots_draw_what_they_say():
     fig = patches.plot_patch_sequence(patches.patchify(image[None], 8)[0], 8)
     assert sum(len(ax.images) for ax in fig.axes) == 16 + 1  # 16 tiles and the matrix
     sim = torch.eye(16).reshape(4, 4, 4, 4)
-    assert np.isfinite(patches.plot_position_similarity(sim).axes[0].images[0].get_array()).sum() == 16 * 16
+    shown = patches.plot_position_similarity(sim).axes[0].images[0].get_array()
+    assert np.isfinite(shown).sum() == 16 * 16 - 16  # each map's own position is left blank
+    assert np.nanmax(shown) == 0
+    fig = patches.plot_position_similarity({"a": sim, "b": sim.neg()})
+    assert len(fig.axes) == 3  # two panels and the colour bar
     plt.close("all")

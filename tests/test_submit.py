@@ -173,6 +173,19 @@ def test_an_overconfident_model_is_better_served_by_a_temperature_than_by_any_cl
     assert table["held_out_log_loss"].min() < best_clip
 
 
+def test_paired_difference_is_the_loss_gap_and_its_paired_bootstrap_standard_error():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    p_a = np.clip(np.where(labels == 1, 0.7, 0.3) + rng.normal(0, 0.2, 400), 0.01, 0.99)
+    p_b = submit.Calibration(0.8).apply(p_a)
+    diff, se = submit.paired_difference(labels, p_a, p_b)
+    assert diff == pytest.approx(submit.log_loss(labels, p_a) - submit.log_loss(labels, p_b))
+    picks = rng.integers(0, 400, (4000, 400))  # the images, resampled with replacement, the same for both
+    boot = [submit.log_loss(labels[i], p_a[i]) - submit.log_loss(labels[i], p_b[i]) for i in picks]
+    assert se == pytest.approx(np.std(boot), rel=0.1)
+    assert se < np.std([submit.log_loss(labels[i], p_a[i]) for i in picks])  # pairing removes what they share
+
+
 # ---------------------------------------------------------------------------------------------
 # Prediction on the sample, with a tiny untrained model
 
@@ -312,3 +325,20 @@ def test_a_partial_or_damaged_file_is_never_uploaded(competition):
     with pytest.raises(SubmissionError, match=r"NaN \(ids 7\)"):
         submit.submit_file(path, ds, "try", api=api)
     assert api.calls == []
+
+
+def test_prediction_titles_are_coloured_by_the_true_class_when_it_is_known(sample_ds):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vitlib.plots import GROUP_COLORS
+
+    index = data.index_images(sample_ds).groupby("label").head(2)  # two cats, two dogs
+    val = index.assign(p_dog=np.where(index["label"] == 1, 0.2, 0.1))  # the dogs wrong, the cats right
+    titles = [ax.title for ax in submit.show_predictions(sample_ds, val, n=4).axes if ax.get_title()]
+    for row, title in zip(val.itertuples(), titles, strict=True):
+        assert title.get_color() == GROUP_COLORS[data.CLASSES[row.label]]
+        assert title.get_text().split("\n")[0].endswith("✓" if row.label == 0 else "✗")
+    test = data.index_images(sample_ds, "test").head(2).assign(p_dog=[0.9, 0.55], unreadable=False)
+    colors = [ax.title.get_color() for ax in submit.show_predictions(sample_ds, test).axes if ax.get_title()]
+    assert colors == [GROUP_COLORS["dog"], "grey"]  # the truth unknown: the class predicted, grey when unsure

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 from linformer.linformer import LinformerSelfAttention
+from matplotlib.colors import Normalize, PowerNorm
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -170,48 +171,72 @@ def cls_to_grid(row: torch.Tensor, grid: int) -> torch.Tensor:
 # Plots
 
 
+def color_norm(heats: torch.Tensor, symmetric: bool = False, gamma: float = 1.0) -> Normalize:
+    """One colour scale for several maps, so that they compare: [0, max], or [-max|.|, max|.|] when `symmetric`.
+
+    `gamma` < 1 (a power scale, e.g. 0.5: square root) lets small weights show beside a single peak.
+    """
+    if symmetric:
+        lim = float(heats.abs().max())
+        return Normalize(-lim, lim)
+    low, high = min(float(heats.min()), 0.0), float(heats.max())
+    return PowerNorm(gamma, low, high) if gamma != 1 else Normalize(low, high)
+
+
 def overlay(ax, image, heat: torch.Tensor, title: str | None = None, cmap: str = "inferno", alpha: float = 0.6,
-            symmetric: bool = False):
-    """`heat` (grid, grid) upsampled onto the image, drawn over it; `symmetric` centres the colours on 0."""
+            norm: Normalize | None = None):
+    """`heat` (grid, grid) drawn over the image as one flat block per patch; returns the heat's AxesImage.
+
+    Not interpolated: attention has one value per patch, and a smooth upsampling would suggest
+    a precision within the patch that the model does not have.
+    """
     img = as_image(image)
-    h = F.interpolate(heat[None, None].float(), size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     ax.imshow(img)
-    lim = float(h.abs().max()) if symmetric else None
-    ax.imshow(h.numpy(), cmap=cmap, alpha=alpha, vmin=-lim if symmetric else None, vmax=lim)
+    h, w = img.shape[:2]
+    im = ax.imshow(heat.float().numpy(), cmap=cmap, alpha=alpha, norm=norm, interpolation="nearest",
+                   extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=8)
-    return ax
+    return im
 
 
-def plot_heads(image, heads: torch.Tensor, title: str, cmap: str = "inferno", symmetric: bool = False) -> plt.Figure:
-    """The image, then one overlay per head (heads: (h, grid, grid))."""
+def plot_heads(image, heads: torch.Tensor, title: str, cmap: str = "inferno", symmetric: bool = False,
+               label: str = "attention weight", gamma: float = 0.5) -> plt.Figure:
+    """The image, then one overlay per head (heads: (h, grid, grid)), all on one colour scale with a colour bar.
+
+    A head often puts most of its weight on one or two patches; on a square-root scale (`gamma` 0.5;
+    ignored when `symmetric`) the rest of its map still shows, and the colour bar says the scale.
+    """
     n = heads.shape[0] + 1
     cols = min(n, 5)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2 + 0.6, rows * 2.4 + 0.3), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(as_image(image))
     axes.flat[0].set_title("photo", fontsize=8)
+    norm = color_norm(heads, symmetric, gamma)
     for i, heat in enumerate(heads):
-        overlay(axes.flat[i + 1], image, heat, f"head {i}", cmap=cmap, symmetric=symmetric)
+        im = overlay(axes.flat[i + 1], image, heat, f"head {i}", cmap=cmap, norm=norm)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
-def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno") -> plt.Figure:
-    """Each photo above its heat map overlay (heats: (b, grid, grid))."""
+def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno", label: str = "weight") -> plt.Figure:
+    """Each photo above its heat map overlay (heats: (b, grid, grid)), on one colour scale with a colour bar."""
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(n * 2.2, 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(n * 2.2 + 0.8, 4.8), squeeze=False, layout="constrained")
+    norm = color_norm(heats)
     for i in range(n):
         axes[0, i].imshow(as_image(images[i]))
         axes[0, i].set_title(titles[i], fontsize=8)
         axes[0, i].axis("off")
-        overlay(axes[1, i], images[i], heats[i], cmap=cmap)
+        im = overlay(axes[1, i], images[i], heats[i], cmap=cmap, norm=norm)
+    fig.colorbar(im, ax=axes[1].tolist(), shrink=0.9, label=label)
     fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -220,17 +245,19 @@ def plot_linformer_weights(weights: torch.Tensor, title: str) -> plt.Figure:
     h, n, k = weights.shape
     cols = min(h, 4)
     rows = -(-h // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.3, rows * 2.5 + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.3 + 0.8, rows * 2.4 + 0.5), squeeze=False,
+                             layout="constrained")
+    norm = color_norm(weights)
     for i, ax in enumerate(axes.flat):
         if i >= h:
             ax.axis("off")
             continue
-        ax.imshow(weights[i].numpy(), cmap="viridis", aspect="auto", interpolation="nearest")
+        im = ax.imshow(weights[i].numpy(), cmap="viridis", aspect="auto", interpolation="nearest", norm=norm)
         ax.set(xticks=[], yticks=[], xlabel=f"projected key (k = {k})" if i // cols == rows - 1 else None,
                ylabel=f"query token (n = {n})" if i % cols == 0 else None)
         ax.set_title(f"head {i}", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 

@@ -9,6 +9,7 @@ seed's final validation accuracy (0.683).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -95,12 +96,12 @@ def throughput(batches, seconds: float, step=None, device=None, warmup: int = 2)
     return n / (time.perf_counter() - start)
 
 
-def training_step(model, device):
-    """One optimiser step of `model` with the device's mixed precision, for timing."""
+def training_step(model, device, mixed_precision: bool = True):
+    """One optimiser step of `model`, with the device's mixed precision (or in fp32), for timing."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(x, y):
-        with autocast(device):
+        with autocast(device) if mixed_precision else contextlib.nullcontext():
             loss = F.cross_entropy(model(x).float(), y if y.ndim == 1 else y.argmax(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()

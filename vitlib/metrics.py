@@ -40,3 +40,17 @@ def confident_mistakes(predictions: pd.DataFrame, n: int = 12) -> pd.DataFrame:
     wrong = predictions[(predictions["p_dog"] > 0.5) != (predictions["label"] == 1)]
     confidence = (wrong["p_dog"] - 0.5).abs()
     return wrong.loc[confidence.sort_values(ascending=False).index[:n]]
+
+
+def run_summary(history: pd.DataFrame, target: float = 0.683) -> dict:
+    """One run in a row: the epoch of lowest validation log loss (the best checkpoint) and its accuracy,
+    the mean training time per epoch, and the time to `target` accuracy (None if never reached)."""
+    best = history.loc[history["val_loss"].idxmin()]
+    return {
+        "epochs": len(history),
+        "best epoch": int(best["epoch"]),
+        "val acc": round(float(best["val_acc"]), 4),
+        "val log loss": round(float(best["val_loss"]), 4),
+        "train s / epoch": round(float(history["epoch_s"].mean()), 1),
+        f"min to {target}": None if (t := time_to_accuracy(history, target)) is None else round(t / 60, 1),
+    }

@@ -58,7 +58,8 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> tor
 def linear_to_conv(linear: nn.Linear, patch_size: int, channels: int = 3) -> nn.Conv2d:
     """A Conv2d (kernel = stride = patch size) computing what `linear` computes on `patchify`d input.
 
-    Each output channel's kernel is one row of the linear weight, unflattened back to (C, p, p).
+    Each output channel's kernel is one row of the linear weight, whose p*p*C values `PATTERN` ordered
+    (row, column, colour): rearranged to the (colour, row, column) layout of a Conv2d kernel.
     """
     conv = nn.Conv2d(channels, linear.out_features, patch_size, stride=patch_size, bias=linear.bias is not None)
     with torch.no_grad():
@@ -174,25 +175,59 @@ def position_similarity(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return (patches @ patches.T).reshape(grid, grid, grid, grid)
 
 
-def similarity_by_distance(sim: torch.Tensor) -> pd.Series:
-    """Mean cosine similarity between two patches' position embeddings against their grid distance (rounded)."""
+def similarity_by_distance(sim: torch.Tensor) -> pd.DataFrame:
+    """Mean cosine similarity of two patches' position embeddings per grid distance (rounded), and the pairs averaged.
+
+    Few pairs lie far apart: on an 8x8 grid only the two diagonals of opposite corners are at distance
+    10, so a mean over them is noise. `pairs` says how much each row can be trusted.
+    """
     grid = sim.shape[0]
     rc = torch.cartesian_prod(torch.arange(grid), torch.arange(grid)).float()
     dist = torch.cdist(rc, rc).round().flatten().numpy()
     values = sim.reshape(grid * grid, grid * grid).flatten().numpy()
     off = dist > 0
-    return pd.Series(values[off]).groupby(dist[off]).mean().rename_axis("grid distance").rename("mean cosine")
+    by = pd.Series(values[off]).groupby(dist[off])
+    return pd.DataFrame({"mean cosine": by.mean(), "pairs": by.size() // 2}).rename_axis("grid distance")
 
 
-def plot_position_similarity(sim: torch.Tensor, source: str | None = None) -> plt.Figure:
-    """The grid of similarity maps (one small map per patch), drawn as one image with gaps between maps."""
+def mean_similarity(sim: torch.Tensor, min_distance: float, max_distance: float = math.inf) -> float:
+    """The mean cosine similarity over all pairs of distinct patches whose grid distance is in the range.
+
+    Every pair counts once (not a mean of per-distance means, which would give the two far-corner pairs
+    as much weight as hundreds of others).
+    """
+    grid = sim.shape[0]
+    rc = torch.cartesian_prod(torch.arange(grid), torch.arange(grid)).float()
+    dist = torch.cdist(rc, rc).round()
+    keep = (dist > 0) & (dist >= min_distance) & (dist <= max_distance)
+    return float(sim.reshape(grid * grid, grid * grid)[keep].mean())
+
+
+def plot_position_similarity(sims, source: str | None = None) -> plt.Figure:
+    """The grid of similarity maps (one small map per patch), one panel per model; `sims`: a tensor or name -> tensor.
+
+    Each small map leaves its own patch blank: a position's similarity with itself is 1 by
+    definition, and drawn it would be the brightest pixel of every map.
+    """
+    sims = sims if isinstance(sims, dict) else {"": sims}
+    fig, axes = plt.subplots(1, len(sims), figsize=(5.6 * len(sims) + 0.8, 5.4), squeeze=False)
+    for ax, (name, sim) in zip(axes.flat, sims.items(), strict=True):
+        im = _similarity_panel(ax, sim)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.04 / len(sims), label="cosine similarity")
+    fig.suptitle(source or "position embedding similarity", fontsize=9)
+    return fig
+
+
+def _similarity_panel(ax, sim: torch.Tensor):
     grid = sim.shape[0]
     cell = grid + 1
     canvas = np.full((grid * cell - 1, grid * cell - 1), np.nan)
     for r in range(grid):
         for c in range(grid):
-            canvas[r * cell : r * cell + grid, c * cell : c * cell + grid] = sim[r, c].numpy()
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+            square = sim[r, c].numpy().copy()
+            square[r, c] = np.nan  # its own position
+            canvas[r * cell : r * cell + grid, c * cell : c * cell + grid] = square
     im = ax.imshow(canvas, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_xticks(np.arange(grid) * cell + (grid - 1) / 2, range(1, grid + 1))
     ax.set_yticks(np.arange(grid) * cell + (grid - 1) / 2, range(1, grid + 1))
@@ -200,10 +235,7 @@ def plot_position_similarity(sim: torch.Tensor, source: str | None = None) -> pl
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    fig.colorbar(im, ax=ax, fraction=0.04, label="cosine similarity")
-    ax.set_title(source or "position embedding similarity", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return im
 
 
 def patch_filters(model: nn.Module, count: int = 28) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,9 +100,31 @@ def show_files(ds, files, titles=None, cols: int = 6, size: float = 2.0, source:
     fig = show_images([load_image(ds.path(f)) for f in files], titles, source=source or ds.describe(), cols=cols,
                       size=size, colors=colors)
     if titles is not None and any("\n" in t for t in titles):  # two-line titles need room above each row
-        fig.set_figheight(fig.get_figheight() * 1.12)
-        fig.tight_layout()
+        fig.set_figheight(fig.get_figheight() * 1.12)  # the constrained layout of show_images adapts when drawn
     return fig
+
+
+# what makes an image odd: (why, column of odd_ones_out's frame, lowest first?)
+ODD_CRITERIA = (("darkest", "brightness", True), ("brightest", "brightness", False),
+                ("lowest contrast", "contrast", True), ("least colourful", "colourfulness", True),
+                ("smallest file", "bytes", True), ("fewest pixels", "area", True),
+                ("most elongated", "elongation", False))
+
+
+def odd_ones_out(stats: pd.DataFrame, per: int = 4, criteria=ODD_CRITERIA) -> pd.DataFrame:
+    """The `per` most extreme images by each criterion, in the order of `criteria`, with a `why` column.
+
+    `stats`: one row per image with data.image_info's width, height, aspect and bytes and
+    cache.image_stats' brightness, contrast and colourfulness. Looking at the extremes of a few cheap
+    numbers finds the damaged, empty and mislabelled images without looking at every one. A criterion on
+    which all images tie (the size ones when every image is 200x200) is skipped: its "extremes" would
+    be arbitrary. An image extreme in two ways appears twice.
+    """
+    stats = stats.assign(area=stats["width"] * stats["height"],
+                         elongation=np.abs(np.log(stats["aspect"])))  # 0 for a square, the same for 2:1 and 1:2
+    picks = [stats.sort_values(column, ascending=lowest, kind="stable").head(per).assign(why=why)
+             for why, column, lowest in criteria if stats[column].nunique() > 1]
+    return pd.concat(picks, ignore_index=True) if picks else stats.head(0).assign(why="")
 
 
 def _hist_panel(ax, frame: pd.DataFrame, column: str, by: str, bins: int) -> None:

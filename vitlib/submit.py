@@ -513,9 +513,10 @@ def show_predictions(ds: DogsVsCats, frame: pd.DataFrame, n: int = 12, seed: int
                      source: str | None = None) -> plt.Figure:
     """Photos titled with their P(dog): the rows of `frame` (Predictions.test or .val), `n` at random if more.
 
-    With a `label` column (validation) a title also names the true class and what the image costs.
-    Title colours as in notebook 01 (plots.GROUP_COLORS) for the class predicted; grey when unsure (P within
-    0.15 of 0.5).
+    Title colours as in notebook 01 (plots.GROUP_COLORS). With a `label` column (validation) the
+    colour is the true class, and the title adds ✓ or ✗ (the prediction right or wrong) and what the
+    image costs. Without (test: the truth unknown) the colour is the class predicted, grey when unsure
+    (P within 0.15 of 0.5).
     """
     from .plots import GROUP_COLORS, show_images
 
@@ -526,12 +527,16 @@ def show_predictions(ds: DogsVsCats, frame: pd.DataFrame, n: int = 12, seed: int
         images.append(_photo(ds, row.file))
         p = float(row.p_dog)
         if "label" in frame:
-            titles.append(f"{CLASSES[row.label]} {row.id}: {p:.2f}\ncosts {image_losses([row.label], [p])[0]:.2f}")
+            mark = "✓" if int(p > 0.5) == row.label else "✗"
+            titles.append(f"{CLASSES[row.label]} {row.id}: {p:.2f} {mark}\n"
+                          f"costs {image_losses([row.label], [p])[0]:.2f}")
+            colors.append(GROUP_COLORS[CLASSES[row.label]])
         else:
             titles.append(f"id {row.id}: {p:.2f}" + (" (unreadable)" if getattr(row, "unreadable", False) else ""))
-        colors.append("grey" if abs(p - 0.5) < 0.15 else GROUP_COLORS[CLASSES[int(p > 0.5)]])
+            colors.append("grey" if abs(p - 0.5) < 0.15 else GROUP_COLORS[CLASSES[int(p > 0.5)]])
     fig = show_images(images, titles, cols=cols, size=2.0, colors=colors)
-    what = "validation images, titled class id: P(dog)" if "label" in frame else "test images, titled id: P(dog)"
+    what = ("validation images, titled true class id: P(dog), ✓ right / ✗ wrong, coloured by the true class"
+            if "label" in frame else "test images, titled id: P(dog), coloured by the class predicted (grey: unsure)")
     fig.suptitle(what + (f" | {source}" if source else ""), fontsize=10, y=1.01,
                  va="bottom")  # above the grid: show_images' own suptitle makes the rows' titles overlap
     return fig
@@ -542,6 +547,17 @@ def _photo(ds: DogsVsCats, file: str) -> np.ndarray:
         return load_image(ds.path(file))
     except (OSError, ValueError):  # an unreadable test image: a grey square
         return np.full((8, 8, 3), 128, np.uint8)
+
+
+def paired_difference(labels, p_a, p_b) -> tuple[float, float]:
+    """Log loss of `p_a` minus that of `p_b` on the same images, and the standard error of that difference.
+
+    Paired: each image's two losses are subtracted first, so what the images have in common (easy or
+    hard photos) cancels. The standard error is the standard deviation of the per-image differences
+    over sqrt(N), which a paired bootstrap of the images estimates too.
+    """
+    diff = image_losses(labels, p_a) - image_losses(labels, p_b)
+    return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))
 
 
 def calibration_grid(table: pd.DataFrame) -> pd.DataFrame:

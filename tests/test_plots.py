@@ -1,0 +1,51 @@
+"""The shared plotting helpers: what they pick and draw, checked without looking at pixels."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd
+
+from vitlib import plots
+
+
+def _stats(widths, heights):
+    n = len(widths)
+    return pd.DataFrame({"file": [f"train/cat.{i}.jpg" for i in range(n)], "width": widths, "height": heights,
+                         "aspect": [w / h for w, h in zip(widths, heights, strict=True)],
+                         "bytes": range(1000, 1000 + n), "brightness": [i / n for i in range(n)],
+                         "contrast": [0.5] * (n - 1) + [0.1], "colourfulness": [0.3] * n})
+
+
+def test_odd_ones_out_picks_the_extremes_and_skips_ties():
+    odd = plots.odd_ones_out(_stats([200] * 6, [200] * 6), per=2)
+    why = odd.groupby("why", sort=False)["file"].apply(list).to_dict()
+    # colourfulness and the sizes tie everywhere: skipped; the others in ODD_CRITERIA's order
+    assert list(why) == ["darkest", "brightest", "lowest contrast", "smallest file"]
+    assert why["darkest"] == ["train/cat.0.jpg", "train/cat.1.jpg"]
+    assert why["brightest"] == ["train/cat.5.jpg", "train/cat.4.jpg"]
+    assert why["lowest contrast"][0] == "train/cat.5.jpg"
+
+
+def test_odd_ones_out_finds_elongated_images_either_way_round():
+    odd = plots.odd_ones_out(_stats([200, 400, 100, 210], [200, 90, 200, 200]), per=2)
+    assert odd.loc[odd["why"] == "most elongated", "file"].tolist() == ["train/cat.1.jpg", "train/cat.2.jpg"]
+    assert odd.loc[odd["why"] == "fewest pixels", "file"].tolist() == ["train/cat.2.jpg", "train/cat.1.jpg"]
+
+
+def test_as_image_maps_every_input_range_to_zero_one():
+    import numpy as np
+    import torch
+
+    for x in (torch.full((3, 4, 4), 255, dtype=torch.uint8), torch.ones(3, 4, 4), np.ones((4, 4, 3))):
+        assert plots.as_image(x).shape == (4, 4, 3) and plots.as_image(x).max() == 1.0
+    assert plots.as_image(-torch.ones(3, 4, 4)).max() == 0.0  # [-1, 1], the normalised range
+
+
+def test_show_images_titles_each_image_and_names_the_source():
+    import numpy as np
+
+    fig = plots.show_images([np.zeros((8, 8, 3))] * 3, ["a", "b\nc", "d"], source="SYNTHETIC sample", cols=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["a", "b\nc", "d"] and fig._suptitle.get_text() == "SYNTHETIC sample"
+    assert len(fig.axes) == 4  # a 2x2 grid, the last cell empty
