@@ -280,10 +280,12 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
     st = zip_path.stat()
     stamp = {"zip": zip_path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     marker = dest / f".{zip_path.name}.complete"
+    why = "no completion marker: an earlier extraction stopped halfway, or the folder came from elsewhere"
     if marker.is_file():
         done = json.loads(marker.read_text())
         if {k: done.get(k) for k in stamp} == stamp and all((dest / t).exists() for t in done["tops"]):
             return [dest / t for t in done["tops"]]
+        why = f"{zip_path.name} has changed (size or modification time) since that folder was extracted from it"
     try:
         zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as e:
@@ -311,8 +313,8 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
             aside = _free_name(final)
             os.replace(final, aside)
             warnings.warn(
-                f"{final.name} was in the way of a fresh extraction of {zip_path.name} "
-                f"(an earlier run stopped halfway?); kept it as {aside.name}.",
+                f"{final.name} was in the way of a fresh extraction of {zip_path.name} ({why}); "
+                f"kept it as {aside.name}, which you may delete.",
                 DataWarning,
                 stacklevel=2,
             )
