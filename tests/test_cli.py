@@ -116,3 +116,13 @@ def test_an_unknown_preset_exits_2(downloaded, as_user, capsys):
 def test_the_environment_is_what_the_cli_reads(as_user):
     assert str(data.data_dir()) == as_user["VITLIB_DATA_DIR"]
     assert str(train.runs_dir()) == as_user["VITLIB_RUNS_DIR"]
+
+
+def test_a_damaged_checkpoint_exits_2_with_the_readable_message(tmp_path, capsys):
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes(b"half a checkp")
+    out = tmp_path / "s.csv"
+    assert exit_code(["predict", "--checkpoint", str(damaged), "--data", "sample", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "best.pt" in err
+    assert not out.exists()

@@ -245,7 +245,7 @@ def test_interrupted_before_the_marker_redoes_and_keeps_what_was_there(tmp_path,
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_write_atomic", stop)
+        m.setattr(data, "write_atomic", stop)
         with pytest.raises(KeyboardInterrupt):
             data.extract_zip(archive, dest)
     assert (dest / "train").is_dir() and not (dest / ".train.zip.complete").exists()

@@ -85,7 +85,7 @@ def test_committed_checkpoints_load_with_their_provenance():
         assert meta["data"].startswith("real photos")
 
 
-def test_kv_init_is_ignored_by_full_attention_and_checked_for_linformer():
+def test_kv_init_is_ignored_by_full_attention():  # refused for Linformer: test_bad_configs_are_refused
     models.build_model(models.ModelConfig(image_size=32, patch_size=8, attention="full", kv_init="identity"))
 
 

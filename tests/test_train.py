@@ -3,6 +3,7 @@
 Training runs on a tiny synthetic sample (64 images at 32 px, three steps an epoch) on one CPU thread.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -223,6 +224,32 @@ def test_the_checkpoint_holds_everything_to_resume(finished):
     torch.testing.assert_close(ckpt["model"], finished.model.state_dict())
     assert ckpt["data"].startswith("SYNTHETIC")  # what load_trained() uses to pass over sample runs
     assert sorted(p.name for p in finished.run_dir.iterdir()) == ["best.pt", "history.csv", "last.pt"]  # no .tmp
+
+
+def test_fit_takes_data_prepared_once_with_the_same_weights(finished, tiny, tmp_path):
+    prepared = train.prepare_training_data(tiny, PRESET, torch.device("cpu"))
+    run = run_fit(PRESET, tiny, tmp_path / "prepared", data=prepared)
+    torch.testing.assert_close(run.model.state_dict(), finished.model.state_dict(), rtol=0, atol=0)
+    assert run.data is prepared
+
+
+def test_fit_refuses_data_prepared_for_another_resolution(tiny, tmp_path):
+    prepared = train.prepare_training_data(tiny, PRESET, torch.device("cpu"))
+    other = PRESET.replace(model=dataclasses.replace(PRESET.model, image_size=PRESET.model.image_size * 2))
+    with pytest.raises(ValueError, match="prepare_training_data"):
+        run_fit(other, tiny, tmp_path / "other", data=prepared)
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def crash(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"half a checkp")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_best_checkpoint_is_the_lowest_validation_loss(finished):

@@ -31,6 +31,7 @@ from vit_pytorch.recorder import Recorder
 from vit_pytorch.vit import Attention as FullAttention
 
 from .plots import as_image
+from .train import device_name, synchronize
 
 # ---------------------------------------------------------------------------------------------
 # Q, K and V by hand
@@ -384,12 +385,10 @@ def median_ms(fn, *args, device: torch.device, min_run_time: float = 0.05, min_r
     unless the runs already took `max_run_time` (one run of a slow case is enough to see it is slow)."""
     times = []
     while (len(times) < min_runs or sum(times) < min_run_time) and sum(times) < max_run_time:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         fn(*args)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # GPU kernels run asynchronously: wait before reading the clock
+        synchronize(device)  # GPU kernels run asynchronously: wait before reading the clock
         times.append(time.perf_counter() - start)
     return float(np.median(times)) * 1e3
 
@@ -417,7 +416,8 @@ def attention_benchmark(sizes=BENCH_SIZES, dim: int = 128, heads: int = 8, k: in
         torch.set_num_threads(before)
     table = pd.DataFrame(rows)
     table.attrs["batch"] = batch
-    table.attrs["hardware"] = describe_device(device, threads if device.type == "cpu" and threads else before)
+    used = threads if device.type == "cpu" and threads else before
+    table.attrs["hardware"] = f"{device_name(device, used)}, {str(dtype).removeprefix('torch.')}"
     return table
 
 
@@ -435,15 +435,6 @@ def _bench_size(image_size, patch_size, dim, heads, k, batch, device, min_run_ti
         rows.append({"image_size": image_size, "patch_size": patch_size, "seq_len": n, "method": name,
                      "ms": median_ms(fn, *args, device=device, min_run_time=min_run_time), "peak_MB": mb})
     return rows
-
-
-def describe_device(device: torch.device, threads: int) -> str:
-    """The device in words; for a CPU with the number of threads the timings used."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    from .train import cpu_name
-
-    return f"cpu ({cpu_name()}), {threads} thread{'s' if threads > 1 else ''}"
 
 
 def crossover(results: pd.DataFrame, method: str, baseline: str, metric: str = "ms") -> int | None:

@@ -9,16 +9,13 @@ seed's final validation accuracy (0.683).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
@@ -28,8 +25,8 @@ from .augment import AugmentConfig, BatchAugment
 from .cache import build_cache
 from .data import DogsVsCats, index_images, parse_label, prepare_data
 from .models import SEED, build_model
-from .presets import get_preset
-from .train import autocast, describe_device, fit, pick_device, synchronize
+from .presets import Preset, get_preset
+from .train import describe_device, fit, make_optimizer, make_scaler, pick_device, synchronize, train_step
 
 SEED_ACCURACY = 0.683  # the seed notebook's final validation accuracy
 
@@ -96,16 +93,13 @@ def throughput(batches, seconds: float, step=None, device=None, warmup: int = 2)
     return n / (time.perf_counter() - start)
 
 
-def training_step(model, device, mixed_precision: bool = True):
-    """One optimiser step of `model`, with the device's mixed precision (or in fp32), for timing."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def training_step(model, preset: Preset, device, mixed_precision: bool = True):
+    """For timing: the optimiser step `fit` takes with `preset` (its optimiser, loss, clipping), on `model`,
+    in the device's mixed precision or in fp32."""
+    opt, scaler = make_optimizer(model, preset), make_scaler(device, mixed_precision)
 
     def step(x, y):
-        with autocast(device) if mixed_precision else contextlib.nullcontext():
-            loss = F.cross_entropy(model(x).float(), y if y.ndim == 1 else y.argmax(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, x, y, opt, scaler, preset, device, mixed_precision)
 
     return step
 
@@ -123,22 +117,15 @@ def time_to_accuracy(source, target: float = SEED_ACCURACY, preset: str = "cpu",
         start = time.perf_counter()
         ds = prepare_data(source, dest=Path(tmp), verbose=False)
         extract_s = time.perf_counter() - start
-        before = os.environ.get("VITLIB_DATA_DIR")
-        os.environ["VITLIB_DATA_DIR"] = tmp  # the cache is built afresh, inside tmp
-        try:
-            run = fit(
-                get_preset(preset),
-                ds,
-                run_dir=Path(tmp) / "run",
-                device=device,
-                progress=False,
-                stop_when=lambda row: row["val_acc"] >= target,
-            )
-        finally:
-            if before is None:
-                os.environ.pop("VITLIB_DATA_DIR")
-            else:
-                os.environ["VITLIB_DATA_DIR"] = before
+        run = fit(
+            get_preset(preset),
+            ds,
+            run_dir=Path(tmp) / "run",
+            device=device,
+            progress=False,
+            stop_when=lambda row: row["val_acc"] >= target,
+            cache_dir=Path(tmp) / "cache",  # built afresh
+        )
     reached = metrics.time_to_accuracy(run.history, target)
     return {
         "preset": preset,
@@ -159,35 +146,20 @@ def measure(ds: DogsVsCats, seconds: float = 20, subset: int = 2048, device=None
     device = device or pick_device()
     index = index_images(ds)
     files = index.sample(n=min(subset, len(index)), random_state=0)
-    cpu = get_preset("cpu")
+    seed, cpu = get_preset("seed"), get_preset("cpu")
     small = cpu.model.image_size
     caches = {size: build_cache(ds, files, size, part=f"bench{len(files)}") for size in (SEED.image_size, small)}
     seed_model, cpu_model = build_model(SEED).to(device), build_model(cpu.model).to(device)
+    seed_data = seed_batches(ds, files.file, 224)
+    vitlib_224 = vitlib_batches(caches[224], device)
+    vitlib_small = vitlib_batches(caches[small], device, cpu.batch_size, cpu.augment)
     runs = [  # measure, pipeline, px, batches, training step
-        ("data", "seed: PIL per image, 0 workers", 224, seed_batches(ds, files.file, 224), None),
-        ("data", "vitlib: cache + batch augmentation", 224, vitlib_batches(caches[224], device), None),
-        (
-            "data",
-            "vitlib: cache + batch augmentation",
-            small,
-            vitlib_batches(caches[small], device, cpu.batch_size, cpu.augment),
-            None,
-        ),
-        ("train", "seed model, seed data", 224, seed_batches(ds, files.file, 224), training_step(seed_model, device)),
-        (
-            "train",
-            "seed model, vitlib data",
-            224,
-            vitlib_batches(caches[224], device),
-            training_step(seed_model, device),
-        ),
-        (
-            "train",
-            "cpu preset, vitlib data",
-            small,
-            vitlib_batches(caches[small], device, cpu.batch_size, cpu.augment),
-            training_step(cpu_model, device),
-        ),
+        ("data", "seed: PIL per image, 0 workers", 224, seed_data, None),
+        ("data", "vitlib: cache + batch augmentation", 224, vitlib_224, None),
+        ("data", "vitlib: cache + batch augmentation", small, vitlib_small, None),
+        ("train", "seed model, seed data", 224, seed_data, training_step(seed_model, seed, device)),
+        ("train", "seed model, vitlib data", 224, vitlib_224, training_step(seed_model, seed, device)),
+        ("train", "cpu preset, vitlib data", small, vitlib_small, training_step(cpu_model, cpu, device)),
     ]
     rows = []
     for what, pipeline, px, batches, step in runs:
@@ -204,13 +176,14 @@ def run_benchmark(
     """`python -m vitlib bench`: measure, print, and write the results (JSON) when `out` is given."""
     device = pick_device()
     ds = prepare_data(data, verbose=False)
-    print(f"benchmark on {describe_device(device)}; data: {ds.describe()}; {min(subset, len(index_images(ds)))} images")
+    images = min(subset, len(index_images(ds)))
+    print(f"benchmark on {describe_device(device)}; data: {ds.describe()}; {images} images")
     table = measure(ds, seconds, subset, device)
     print(table.to_string(index=False))
     result = {
         "device": describe_device(device),
         "data": ds.describe(),
-        "images": subset,
+        "images": images,
         "table": table.to_dict("records"),
     }
     if time_to_target:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DataWarning, DogsVsCats, data_dir
+from .data import DataWarning, DogsVsCats, atomic_path, data_dir
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
 PROGRESS_ENV = "VITLIB_PROGRESS"  # "0": no progress bars (headless runs, whose saved notebooks keep only the text)
@@ -142,7 +142,6 @@ def build_cache(
         skipped=[f for f, good in zip(files, ok, strict=True) if not good],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {
         "fingerprint": key,
         "images": cache.images,
@@ -151,8 +150,8 @@ def build_cache(
         "files": cache.files,
         "skipped": cache.skipped,
     }
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return _report(cache)
 
 

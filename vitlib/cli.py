@@ -20,21 +20,21 @@ def _download(args) -> int:
 
 def _train(args) -> int:
     from .data import prepare_data
+    from .metrics import run_summary
     from .presets import get_preset
     from .train import fit
 
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+                                  ("seed", args.seed)) if v is not None}
     try:
-        get_preset(args.preset)
+        preset = get_preset(args.preset, **changes)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
-                                  ("seed", args.seed)) if v is not None}
-    preset = get_preset(args.preset, **changes)
     run = fit(preset, prepare_data(args.data), run_dir=args.run_dir, resume=not args.fresh, device=args.device,
               progress=False if args.no_progress else None)
-    best = run.history.loc[run.history["val_loss"].idxmin()]
-    print(f"best epoch {int(best.epoch)}: val acc {best.val_acc:.4f}, val log loss {best.val_loss:.4f}; "
+    best = run_summary(run.history)
+    print(f"best epoch {best['best epoch']}: val acc {best['val acc']:.4f}, val log loss {best['val log loss']:.4f}; "
           f"checkpoints and history.csv in {run.run_dir}")
     return 0
 
@@ -104,9 +104,10 @@ def main(argv=None) -> int:
     from .data import DataError
     from .download import KaggleError
     from .submit import SubmissionError
+    from .train import CheckpointError
 
     try:
         return args.func(args)
-    except (DataError, KaggleError, SubmissionError, FileExistsError, FileNotFoundError) as e:
+    except (CheckpointError, DataError, KaggleError, SubmissionError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ and returns a `DogsVsCats` that says where everything is and what it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -320,7 +321,7 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
             )
         os.replace(staging / top, final)
     shutil.rmtree(staging, ignore_errors=True)
-    _write_atomic(marker, json.dumps({**stamp, "tops": tops}))
+    write_atomic(marker, json.dumps({**stamp, "tops": tops}))
     return [dest / t for t in tops]
 
 
@@ -331,10 +332,25 @@ def _free_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.old-{n}")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside `path` to write to; renamed onto `path` if the block succeeds, removed if not.
+
+    The rename is atomic, so readers see the old file or the new one, never half of one, and a failed
+    write leaves neither half a file nor a stray temporary one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,11 +8,15 @@ import pandas as pd
 EPS = 1e-15  # Kaggle clips predictions to [EPS, 1 - EPS] before scoring
 
 
+def image_losses(labels, p_dog, eps: float = EPS) -> np.ndarray:
+    """Each image's share of the log loss: -log of the probability given to its true class, clipped as Kaggle does."""
+    y, p = np.asarray(labels), np.clip(np.asarray(p_dog, dtype=np.float64), eps, 1 - eps)
+    return -np.log(np.where(y == 1, p, 1 - p))
+
+
 def log_loss(labels, p_dog, eps: float = EPS) -> float:
-    """The competition's metric: mean binary cross-entropy of P(dog), clipped as Kaggle does."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(p_dog, dtype=np.float64), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    """The competition's metric: the mean of image_losses (binary cross-entropy of P(dog))."""
+    return float(np.mean(image_losses(labels, p_dog, eps)))
 
 
 def accuracy(labels, p_dog) -> float:

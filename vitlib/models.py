@@ -12,6 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 from linformer import Linformer
 from torch import nn
@@ -129,7 +130,10 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     """A model from a vitlib checkpoint (trusted or not: weights_only=True), and its metadata."""
     from .train import load_checkpoint
 
-    ckpt = load_checkpoint(path, device)
+    return _from_checkpoint(load_checkpoint(path, device), device)
+
+
+def _from_checkpoint(ckpt: dict, device) -> tuple[nn.Module, dict]:
     model = build_model(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
@@ -155,18 +159,19 @@ def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple
     """
     from .train import CheckpointError, load_checkpoint, runs_dir
 
+    ckpt = None
     if path is None:
         path = PRETRAINED[attention]
         for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
-                ckpt = load_checkpoint(own)
+                candidate = load_checkpoint(own)
             except CheckpointError as e:
                 warnings.warn(f"Skipped {e}", stacklevel=2)
                 continue
-            if ckpt["model_config"]["attention"] == attention and not ckpt["data"].startswith("SYNTHETIC"):
-                path = own
+            if candidate["model_config"]["attention"] == attention and not candidate["data"].startswith("SYNTHETIC"):
+                path, ckpt = own, candidate
                 break
-    model, meta = load_model(path, device)
+    model, meta = _from_checkpoint(ckpt, device) if ckpt else load_model(path, device)
     meta["source"] = (
         "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
     )
@@ -197,9 +202,8 @@ def describe(model: nn.Module, meta: dict | None = None) -> str:
 
 def checkpoint_epoch(meta: dict) -> dict | None:
     """The history row of the epoch a checkpoint's weights come from (None if it has no history)."""
-    history = meta.get("history")
-    if not history:
+    if not meta.get("history"):
         return None
-    rows = [dict(zip(history, values, strict=True)) for values in zip(*history.values(), strict=True)]
-    epoch = meta.get("epoch", rows[-1]["epoch"])
-    return next((r for r in rows if r["epoch"] == epoch), None)
+    history = pd.DataFrame(meta["history"])
+    row = history[history["epoch"] == meta.get("epoch", history["epoch"].iloc[-1])]
+    return row.iloc[0].to_dict() if len(row) else None

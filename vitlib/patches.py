@@ -21,7 +21,7 @@ from torch import nn
 
 from .cache import load_image
 from .data import DogsVsCats, index_images
-from .plots import as_image
+from .plots import as_image, show_images
 
 PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"  # vit-pytorch's patch order: rows of patches, then pixels
 INVERSE = "b (h w) (p1 p2 c) -> b c (h p1) (w p2)"
@@ -39,7 +39,7 @@ def pick_photos(ds: DogsVsCats, n: int, seed: int = 0) -> pd.DataFrame:
 
 def load_photo(ds: DogsVsCats, file: str, size: int) -> torch.Tensor:
     """One photo as uint8 (3, size, size), squashed to a square as in training."""
-    return torch.from_numpy(np.array(load_image(ds.path(file), size))).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(load_image(ds.path(file), size)).permute(2, 0, 1).contiguous()
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -175,6 +175,12 @@ def position_similarity(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return (patches @ patches.T).reshape(grid, grid, grid, grid)
 
 
+def _grid_distances(grid: int) -> torch.Tensor:
+    """(grid*grid, grid*grid): the distance between every two patches of the grid, in patches, rounded."""
+    rc = torch.cartesian_prod(torch.arange(grid), torch.arange(grid)).float()
+    return torch.cdist(rc, rc).round()
+
+
 def similarity_by_distance(sim: torch.Tensor) -> pd.DataFrame:
     """Mean cosine similarity of two patches' position embeddings per grid distance (rounded), and the pairs averaged.
 
@@ -182,8 +188,7 @@ def similarity_by_distance(sim: torch.Tensor) -> pd.DataFrame:
     10, so a mean over them is noise. `pairs` says how much each row can be trusted.
     """
     grid = sim.shape[0]
-    rc = torch.cartesian_prod(torch.arange(grid), torch.arange(grid)).float()
-    dist = torch.cdist(rc, rc).round().flatten().numpy()
+    dist = _grid_distances(grid).flatten().numpy()
     values = sim.reshape(grid * grid, grid * grid).flatten().numpy()
     off = dist > 0
     by = pd.Series(values[off]).groupby(dist[off])
@@ -197,8 +202,7 @@ def mean_similarity(sim: torch.Tensor, min_distance: float, max_distance: float 
     as much weight as hundreds of others).
     """
     grid = sim.shape[0]
-    rc = torch.cartesian_prod(torch.arange(grid), torch.arange(grid)).float()
-    dist = torch.cdist(rc, rc).round()
+    dist = _grid_distances(grid)
     keep = (dist > 0) & (dist >= min_distance) & (dist <= max_distance)
     return float(sim.reshape(grid * grid, grid * grid)[keep].mean())
 
@@ -261,15 +265,6 @@ def plot_patch_filters(comps: torch.Tensor, share: torch.Tensor, source: str | N
     """Each component rescaled to [0, 1] on its own (sign and scale are arbitrary), titled with its variance share."""
     lo = comps.amin(dim=(1, 2, 3), keepdim=True)
     hi = comps.amax(dim=(1, 2, 3), keepdim=True)
-    images = (comps - lo) / (hi - lo)
-    n = len(images)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_title(f"{i + 1}: {share[i]:.0%}", fontsize=8)
-    fig.suptitle(source or "principal components of the patch filters", fontsize=9)
-    fig.tight_layout()
-    return fig
+    images = ((comps - lo) / (hi - lo)).permute(0, 2, 3, 1)  # (n, p, p, 3) in [0, 1]
+    titles = [f"{i + 1}: {s:.0%}" for i, s in enumerate(share.tolist())]
+    return show_images(images, titles, source or "principal components of the patch filters", cols=cols, size=1.2)

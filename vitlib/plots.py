@@ -92,16 +92,21 @@ def _color(name) -> dict:
 
 def show_files(ds, files, titles=None, cols: int = 6, size: float = 2.0, source: str | None = None,
                colors=None) -> plt.Figure:
-    """Images read from disk as they are (each in its own shape, not squashed), titled with the data's source."""
+    """Images read from disk as they are (each in its own shape, not squashed), titled with the data's source.
+
+    An image that cannot be read is shown as a grey square.
+    """
+    return show_images([_read_or_grey(ds.path(f)) for f in files], titles, source=source or ds.describe(), cols=cols,
+                       size=size, colors=colors)
+
+
+def _read_or_grey(path) -> np.ndarray:
     from .cache import load_image
 
-    files = list(files)
-    colors = colors if colors is not None else ["black"] * len(files)  # matplotlib 3.11 refuses color=None
-    fig = show_images([load_image(ds.path(f)) for f in files], titles, source=source or ds.describe(), cols=cols,
-                      size=size, colors=colors)
-    if titles is not None and any("\n" in t for t in titles):  # two-line titles need room above each row
-        fig.set_figheight(fig.get_figheight() * 1.12)  # the constrained layout of show_images adapts when drawn
-    return fig
+    try:
+        return load_image(path)
+    except (OSError, ValueError):
+        return np.full((8, 8, 3), 128, np.uint8)
 
 
 # what makes an image odd: (why, column of odd_ones_out's frame, lowest first?)

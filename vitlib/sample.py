@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .data import SAMPLE_STAMP, atomic_path
+
 VERSION = 1
 N_TRAIN = 500  # 250 cats, 250 dogs
 N_TEST = 100
@@ -68,20 +70,18 @@ def _jpeg(im: Image.Image) -> bytes:
 
 
 def _write_zip(path: Path, files: dict[str, bytes]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         folder = next(iter(files)).split("/")[0] + "/"
         zf.writestr(zipfile.ZipInfo(folder, _DATE), b"")
         for name, data in files.items():
             zf.writestr(zipfile.ZipInfo(name, _DATE), data)
-    tmp.replace(path)
 
 
 def write_sample(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> Path:
     """Write train.zip, test.zip and sample_submission.csv into `folder` (a no-op when current)."""
     folder = Path(folder)
     meta = {"version": VERSION, "n_train": n_train, "n_test": n_test, "seed": seed}
-    stamp = folder / "sample.json"
+    stamp = folder / SAMPLE_STAMP
     if stamp.is_file() and json.loads(stamp.read_text()) == meta:
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # an older sample: everything in it is ours

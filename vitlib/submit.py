@@ -11,7 +11,6 @@ good submission.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from . import download
-from .cache import build_cache, load_image
-from .data import CLASSES, SHIPPED, DataWarning, DogsVsCats, index_images
-from .metrics import EPS, log_loss
+from .cache import build_cache
+from .data import CLASSES, SHIPPED, DataWarning, DogsVsCats, atomic_path, index_images, split_train_val
+from .metrics import EPS, image_losses, log_loss
 from .models import load_model
 from .plots import finish
 from .presets import Preset
-from .train import pick_device, predict_proba, prepare_training_data, runs_dir
+from .train import pick_device, predict_proba, runs_dir
 
 COLUMNS = ["id", "label"]  # Kaggle's sample submission: id (the N of test/N.jpg), label = P(dog)
 CLIPS = (0.001, 0.005, 0.01, 0.025, 0.05)  # clipping thresholds compared on the validation split
@@ -135,6 +134,11 @@ def compare_calibrations(labels, p_dog, clips=CLIPS, seed: int = 0) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def fitted_temperature(table: pd.DataFrame) -> float:
+    """The temperature compare_calibrations fitted on the whole validation split."""
+    return float(table.loc[table["method"] == "temperature", "temperature"].item())
+
+
 def choose_calibration(table: pd.DataFrame) -> Calibration:
     """The row of `compare_calibrations` with the lowest held-out log loss (on a tie, the simpler one)."""
     best = table.loc[table["held_out_log_loss"].idxmin()]
@@ -173,8 +177,9 @@ def predict_val(model, preset: Preset, ds: DogsVsCats, tta: bool = True, device=
 
     Reuses the training cache, so nothing is decoded again. Columns: file, id, label, p_raw.
     """
-    device = pick_device(device) if not isinstance(device, torch.device) else device
-    val = prepare_training_data(ds, preset, device).val
+    device = pick_device(device)
+    index = split_train_val(index_images(ds), preset.val_fraction, preset.split_seed)
+    val = build_cache(ds, index, preset.model.image_size).select(index.loc[index["split"] == "val", "file"])
     p = predict_proba(model, val.images, batch_size=batch_size, tta=tta, device=device)
     return pd.DataFrame({"file": val.files, "id": val.ids.cpu().numpy(), "label": val.labels.cpu().numpy(),
                          "p_raw": p.astype(np.float64)})
@@ -224,7 +229,7 @@ def make_predictions(model, meta: dict, ds: DogsVsCats, tta: bool = True, calibr
     `meta` is the checkpoint's metadata (load_model, load_trained): its preset says which images
     were held out for validation.
     """
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device)
     model = model.to(device).eval()
     if "preset" not in meta:
         raise SubmissionError("This checkpoint has no preset, so its validation split is unknown. Use one "
@@ -343,15 +348,11 @@ def write_submission(frame: pd.DataFrame, path: Path, ids, source: str = "the ex
     good = validate_submission(frame, ids, source)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp:
         good.to_csv(tmp, index=False)
         back = read_submission(tmp, ids, source)
         if not (back["id"].equals(good["id"]) and np.array_equal(back["label"], good["label"])):
             raise SubmissionError(f"{tmp.name} did not read back as written; {path.name} was left unchanged.")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return good
 
 
@@ -404,7 +405,7 @@ def predict_to_csv(checkpoint, ds: DogsVsCats, out: Path, tta: bool = True, cali
     """
     if submit_message is not None:
         check_submittable(ds)
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device)
     model, meta = load_model(checkpoint, device)
     pred = make_predictions(model, meta, ds, tta, calibrate, device)
     ids, source = expected_ids(ds)
@@ -417,12 +418,6 @@ def predict_to_csv(checkpoint, ds: DogsVsCats, out: Path, tta: bool = True, cali
 
 # ---------------------------------------------------------------------------------------------
 # Plots only notebook 05 uses
-
-
-def image_losses(labels, p_dog) -> np.ndarray:
-    """Each image's share of the log loss, -log of the probability given to its true class (clipped as Kaggle)."""
-    y, p = np.asarray(labels), np.clip(np.asarray(p_dog, dtype=np.float64), EPS, 1 - EPS)
-    return -np.log(np.where(y == 1, p, 1 - p))
 
 
 def plot_log_loss(labels, p_dog, source: str | None = None) -> plt.Figure:
@@ -470,7 +465,7 @@ def plot_log_loss(labels, p_dog, source: str | None = None) -> plt.Figure:
 def plot_calibration(labels, p_dog, table: pd.DataFrame, chosen: Calibration, source: str | None = None) -> plt.Figure:
     """Validation log loss against the temperature and against the clipping threshold; a reliability diagram."""
     y, p = np.asarray(labels), np.asarray(p_dog, dtype=np.float64)
-    t_fit = float(table.loc[table["method"] == "temperature", "temperature"].iloc[0])
+    t_fit = fitted_temperature(table)
     fig, (ax_t, ax_c, ax_r) = plt.subplots(1, 3, figsize=(14, 4))
     temps = np.geomspace(0.2, 5, 80)
     ax_t.semilogx(temps, [log_loss(y, Calibration(t).apply(p)) for t in temps], color="black")
@@ -518,13 +513,12 @@ def show_predictions(ds: DogsVsCats, frame: pd.DataFrame, n: int = 12, seed: int
     image costs. Without (test: the truth unknown) the colour is the class predicted, grey when unsure
     (P within 0.15 of 0.5).
     """
-    from .plots import GROUP_COLORS, show_images
+    from .plots import GROUP_COLORS, show_files
 
     if len(frame) > n:
         frame = frame.sample(n, random_state=seed).sort_values("id")
-    images, titles, colors = [], [], []
+    titles, colors = [], []
     for row in frame.itertuples():
-        images.append(_photo(ds, row.file))
         p = float(row.p_dog)
         if "label" in frame:
             mark = "✓" if int(p > 0.5) == row.label else "✗"
@@ -534,19 +528,10 @@ def show_predictions(ds: DogsVsCats, frame: pd.DataFrame, n: int = 12, seed: int
         else:
             titles.append(f"id {row.id}: {p:.2f}" + (" (unreadable)" if getattr(row, "unreadable", False) else ""))
             colors.append("grey" if abs(p - 0.5) < 0.15 else GROUP_COLORS[CLASSES[int(p > 0.5)]])
-    fig = show_images(images, titles, cols=cols, size=2.0, colors=colors)
     what = ("validation images, titled true class id: P(dog), ✓ right / ✗ wrong, coloured by the true class"
             if "label" in frame else "test images, titled id: P(dog), coloured by the class predicted (grey: unsure)")
-    fig.suptitle(what + (f" | {source}" if source else ""), fontsize=10, y=1.01,
-                 va="bottom")  # above the grid: show_images' own suptitle makes the rows' titles overlap
-    return fig
-
-
-def _photo(ds: DogsVsCats, file: str) -> np.ndarray:
-    try:
-        return load_image(ds.path(file))
-    except (OSError, ValueError):  # an unreadable test image: a grey square
-        return np.full((8, 8, 3), 128, np.uint8)
+    return show_files(ds, frame["file"], titles, cols=cols, colors=colors,
+                      source=what + (f" | {source}" if source else ""))
 
 
 def paired_difference(labels, p_a, p_b) -> tuple[float, float]:
@@ -562,7 +547,7 @@ def paired_difference(labels, p_a, p_b) -> tuple[float, float]:
 
 def calibration_grid(table: pd.DataFrame) -> pd.DataFrame:
     """compare_calibrations' held-out log loss as a grid: a row per clipping, a column without and with T."""
-    t = table.loc[table["method"] == "temperature", "temperature"].item()
+    t = fitted_temperature(table)
     raw, scaled = "T = 1 (raw)", f"T = {t:.3g} (fitted)"
     grid = table.assign(clip=[f"[{c:g}, {1 - c:g}]" if c else "none" for c in table["clip"]],
                         temperature=np.where(table["method"].str.startswith("temperature"), scaled, raw))

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from . import __version__, metrics
 from .augment import BatchAugment, normalize
 from .cache import ImageCache, build_cache, progress_bars
-from .data import DogsVsCats, index_images, prepare_data, project_dir, split_train_val
-from .models import build_model, config_dict
+from .data import DogsVsCats, atomic_path, index_images, prepare_data, project_dir, split_train_val, write_atomic
+from .models import build_model, checkpoint_epoch, config_dict, load_model
 from .presets import Preset
 
 RUNS_ENV = "VITLIB_RUNS_DIR"
@@ -106,16 +106,22 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def describe_device(device: torch.device) -> str:
-    amp = autocast_dtype(device)
-    precision = f"{str(amp).removeprefix('torch.')} autocast" if amp else "fp32"
+def device_name(device: torch.device, threads: int | None = None) -> str:
+    """The device in words; for a CPU with its thread count (torch's current one unless given)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     elif device.type == "cpu":
-        name = f"{cpu_name()}, {torch.get_num_threads()} threads"
+        threads = threads or torch.get_num_threads()
+        name = f"{cpu_name()}, {threads} thread{'s' if threads > 1 else ''}"
     else:
         name = device.type
-    return f"{device.type} ({name}), {precision}"
+    return f"{device.type} ({name})"
+
+
+def describe_device(device: torch.device) -> str:
+    """The device in words and the precision training uses on it."""
+    amp = autocast_dtype(device)
+    return f"{device_name(device)}, {str(amp).removeprefix('torch.') + ' autocast' if amp else 'fp32'}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,11 +136,13 @@ class TrainData:
     setup_s: float
 
 
-def prepare_training_data(ds: DogsVsCats, preset: Preset, device: torch.device) -> TrainData:
-    """The fixed split of `ds`, cached at the preset's resolution, on `device` when it fits."""
+def prepare_training_data(ds: DogsVsCats, preset: Preset, device: torch.device,
+                          cache_dir: Path | None = None) -> TrainData:
+    """The fixed split of `ds`, cached at the preset's resolution (in `cache_dir`, default data/cache),
+    on `device` when it fits."""
     start = time.perf_counter()
     index = split_train_val(index_images(ds), preset.val_fraction, preset.split_seed)
-    cache = build_cache(ds, index, preset.model.image_size)
+    cache = build_cache(ds, index, preset.model.image_size, cache_dir=cache_dir)
     on = device if _fits(cache, device) else torch.device("cpu")
     train = cache.select(index.loc[index["split"] == "train", "file"])
     val = cache.select(index.loc[index["split"] == "val", "file"])
@@ -223,6 +231,28 @@ def epoch_generator(preset: Preset, epoch: int, device: torch.device) -> torch.G
     return torch.Generator(device=device).manual_seed(preset.seed * 1_000_003 + epoch)
 
 
+def train_step(model, x, target, opt, scaler, preset: Preset, device: torch.device, mixed_precision: bool = True):
+    """One optimiser step as training takes it: the forward pass in the device's mixed precision,
+    cross-entropy with label smoothing, a (scaled) backward pass, gradient clipping, the step.
+    Returns the logits and the loss."""
+    with autocast(device) if mixed_precision else contextlib.nullcontext():
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), target, label_smoothing=preset.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if preset.grad_clip:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return logits, loss
+
+
+def make_scaler(device: torch.device, mixed_precision: bool = True) -> torch.amp.GradScaler:
+    """fp16 needs its gradients scaled (small ones would underflow); bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type, enabled=mixed_precision and autocast_dtype(device) == torch.float16)
+
+
 def train_one_epoch(
     model,
     data: ImageCache,
@@ -250,16 +280,7 @@ def train_one_epoch(
         x = data.images[idx].to(device, non_blocking=True)
         y = data.labels[idx].to(device, non_blocking=True)
         x, target = augment(x, y, gen)
-        with autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=preset.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if preset.grad_clip:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), preset.grad_clip)
-        scaler.step(opt)
-        scaler.update()
+        logits, loss = train_step(model, x, target, opt, scaler, preset, device)
         lr = opt.param_groups[0]["lr"]  # the rate this step used
         with warnings.catch_warnings():  # fp16: a step the scaler skips (inf gradients) still advances the schedule
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
@@ -289,23 +310,10 @@ def train_one_epoch(
 # Checkpoints
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")  # beside the target: the rename stays atomic
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    tmp = _tmp(path)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 class CheckpointError(RuntimeError):
@@ -347,10 +355,7 @@ class Run:
     device: torch.device
 
     def best_model(self) -> nn.Module:
-        ckpt = load_checkpoint(self.run_dir / "best.pt", self.device)
-        model = build_model(self.preset.model).to(self.device)
-        model.load_state_dict(ckpt["model"])
-        return model.eval()
+        return load_model(self.run_dir / "best.pt", self.device)[0]
 
     def val_predictions(self, model: nn.Module | None = None) -> pd.DataFrame:
         model = model or self.best_model()
@@ -366,17 +371,20 @@ def fit(
     device: str | torch.device | None = None,
     progress: bool | None = None,
     stop_when=None,
+    cache_dir: Path | None = None,
+    data: TrainData | None = None,
 ) -> Run:
     """Train `preset` on `ds`, writing history.csv, last.pt and best.pt into `run_dir`.
 
     With `resume` (the default) a run_dir holding a checkpoint of the same preset continues from
     its last completed epoch; a finished run just returns. A checkpoint of another preset is
     refused rather than overwritten. `stop_when(row)`, given each epoch's history row, can end the
-    run early (the benchmark stops at the seed's accuracy).
+    run early (the benchmark stops at the seed's accuracy). `cache_dir` says where the image cache
+    lives (default data/cache); `data`, from prepare_training_data, saves preparing it again.
     """
     ds = ds or prepare_data()
     progress = progress_bars() if progress is None else progress
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device)
     run_dir = Path(run_dir or runs_dir() / f"{preset.name}-{ds.name}")
     print(f"device: {describe_device(device)}\ndata: {ds.describe()}\nrun: {preset.name} -> {run_dir.name}/")
     if device.type == "cuda":
@@ -398,8 +406,12 @@ def fit(
                 "choose another run_dir. Nothing was overwritten."
             )
 
-    start = time.perf_counter()
-    data = prepare_training_data(ds, preset, device)
+    if data is None:
+        data = prepare_training_data(ds, preset, device, cache_dir)
+    elif data.source != ds.describe() or data.train.size != preset.model.image_size:
+        raise ValueError(f"`data` holds {data.source} at {data.train.size} px; this run needs {ds.describe()} at "
+                         f"{preset.model.image_size} px: prepare_training_data(ds, preset, device)")
+    start = time.perf_counter() - data.setup_s  # the run's clock includes building or loading the cache
     steps = len(data.train) // preset.batch_size
     if steps == 0:
         raise ValueError(f"{len(data.train)} training images is less than one batch of {preset.batch_size}")
@@ -407,7 +419,7 @@ def fit(
     model = build_model(preset.model).to(device)
     opt = make_optimizer(model, preset)
     sched = make_scheduler(opt, preset, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
+    scaler = make_scaler(device)
     augment = BatchAugment(preset.augment, preset.model.num_classes)
     rows, first = [], 1
     if ckpt is not None:
@@ -497,7 +509,10 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
 
     ckpt = load_checkpoint(Path(run_dir) / "best.pt")
     history = pd.DataFrame(load_checkpoint(Path(run_dir) / "last.pt")["history"])
-    best = history.loc[history["epoch"] == ckpt["epoch"]].iloc[0]
+    best = checkpoint_epoch({"history": history.to_dict("list"), "epoch": ckpt["epoch"]})
+    if best is None:
+        raise CheckpointError(f"best.pt is from epoch {ckpt['epoch']}, which last.pt's history lacks: resume the run "
+                              "so that last.pt catches up, then export again.")
     try:
         commit = (
             subprocess.run(
@@ -512,11 +527,11 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
         "data": ckpt["data"],
         "device": ckpt["device"],
         "preset": ckpt["preset"]["name"],
-        "epoch": int(best.epoch),
+        "epoch": int(best["epoch"]),
         "epochs": int(history["epoch"].max()),
-        "val_acc": round(float(best.val_acc), 4),
-        "val_log_loss": round(float(best.val_loss), 4),
-        "minutes_to_best": round(float(best.elapsed_s) / 60, 1),
+        "val_acc": round(float(best["val_acc"]), 4),
+        "val_log_loss": round(float(best["val_loss"]), 4),
+        "minutes_to_best": round(float(best["elapsed_s"]) / 60, 1),
         "minutes_in_all": round(float(history["elapsed_s"].iloc[-1]) / 60, 1),
         "vitlib": ckpt["vitlib"],
         "git_commit": commit,
