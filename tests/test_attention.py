@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from einops import einsum
 
-from vitlib import attention
+from vitlib import attention, attention_cost
 from vitlib.models import ModelConfig, build_model
 
 LIN = ModelConfig(image_size=32, patch_size=8, dim=32, depth=3, heads=4, k=8)  # 17 tokens
@@ -111,24 +111,25 @@ def test_cls_to_grid_drops_cls_and_keeps_reading_order():
 
 def test_reference_attentions_agree():
     q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)
-    torch.testing.assert_close(attention.full_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(attention_cost.full_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
     eye = torch.eye(7)  # k = n and E = F = I: Linformer is full attention
-    torch.testing.assert_close(attention.linformer_attention(q, k, v, eye, eye), attention.full_attention(q, k, v))
+    torch.testing.assert_close(attention_cost.linformer_attention(q, k, v, eye, eye),
+                               attention_cost.full_attention(q, k, v))
 
 
 def test_peak_memory_follows_tensors_until_they_are_freed():
     mb = 4_000_000
-    with attention.PeakMemory() as mem:
+    with attention_cost.PeakMemory() as mem:
         a = torch.ones(1000, 1000)
         del a
         b = torch.ones(1000, 1000)
         view = b.t()  # shares b's storage: counted once
     assert mem.peak == mb
-    with attention.PeakMemory() as mem:
+    with attention_cost.PeakMemory() as mem:
         a, b = torch.ones(1000, 1000), torch.ones(1000, 1000)
     assert mem.peak == 2 * mb
     before = torch.ones(1000, 1000)
-    with attention.PeakMemory() as mem:
+    with attention_cost.PeakMemory() as mem:
         before.t().mul_(2)  # a view and an in-place op on memory that already existed: nothing new
         c = before[:10] * 2  # 10 new rows
     assert mem.peak == 10 * 1000 * 4
@@ -137,7 +138,7 @@ def test_peak_memory_follows_tensors_until_they_are_freed():
 
 def test_benchmark_returns_sensible_rows_on_tiny_sizes():
     threads = torch.get_num_threads()
-    table = attention.attention_benchmark(sizes=((16, 8), (32, 4)), dim=16, heads=2, k=4, device="cpu",
+    table = attention_cost.attention_benchmark(sizes=((16, 8), (32, 4)), dim=16, heads=2, k=4, device="cpu",
                                           min_run_time=0.0)
     assert torch.get_num_threads() == threads  # restored
     assert table["seq_len"].tolist() == [5] * 3 + [65] * 3
@@ -154,9 +155,9 @@ def test_crossover_finds_where_a_method_wins_for_good():
     for n, base, lin in ((10, 1, 5), (50, 3, 2), (100, 5, 6), (200, 20, 8), (400, 80, 16)):
         rows += [{"seq_len": n, "method": "full", "ms": base}, {"seq_len": n, "method": "lin", "ms": lin}]
     table = pd.DataFrame(rows)
-    assert attention.crossover(table, "lin", "full") == 200  # won at 50, lost at 100, wins from 200 on
-    assert attention.crossover(table, "full", "lin") is None
-    assert attention.crossover(table[table.seq_len >= 200], "lin", "full") == 200
+    assert attention_cost.crossover(table, "lin", "full") == 200  # won at 50, lost at 100, wins from 200 on
+    assert attention_cost.crossover(table, "full", "lin") is None
+    assert attention_cost.crossover(table[table.seq_len >= 200], "lin", "full") == 200
 
 
 def test_plots_run():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vitlib import bench, data, sample
+from vitlib import bench, data, files, sample
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _quiet(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(files.DATA_DIR_ENV, str(tmp_path / "data"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -39,13 +39,13 @@ def test_measure_reports_both_pipelines_with_ratios_to_the_seed(tiny):
 
 def test_time_to_accuracy_starts_from_the_zips_and_stops_at_the_target(tiny, monkeypatch):
     folder, _ = tiny
-    monkeypatch.setenv(data.DATA_DIR_ENV, "/keep/me")
-    got = bench.time_to_accuracy(folder, target=0.0, preset="sample")
+    monkeypatch.setenv(files.DATA_DIR_ENV, "/keep/me")
+    got = bench.zip_to_accuracy(folder, target=0.0, preset="sample")
     assert got["epochs"] == 1 and got["seconds"] > 0 and got["seconds"] >= got["extract_s"] >= 0
-    assert data.data_dir().as_posix() == "/keep/me"  # the user's setting is restored
+    assert files.data_dir().as_posix() == "/keep/me"  # the user's setting is restored
 
 
 def test_time_to_accuracy_refuses_a_folder_without_zips(tiny):
     _, ds = tiny
     with pytest.raises(ValueError, match="starts from the zips"):
-        bench.time_to_accuracy(ds.train_dir)
+        bench.zip_to_accuracy(ds.train_dir)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vitlib import cache as cache_mod
-from vitlib import data
+from vitlib import data, files
 from vitlib.cache import build_cache, load_image
 from vitlib.data import DataWarning
 
@@ -114,7 +114,7 @@ def test_select_picks_readable_files_in_the_order_given(ds, tmp_path):
 
 
 def test_the_default_cache_folder_follows_vitlib_data_dir(ds, tmp_path, monkeypatch):
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "elsewhere"))
+    monkeypatch.setenv(files.DATA_DIR_ENV, str(tmp_path / "elsewhere"))
     build_cache(ds, data.index_images(ds), 8)
     assert os.listdir(tmp_path / "elsewhere" / "cache") == ["ds-train-8px.pt"]
 

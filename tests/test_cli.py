@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vitlib import cli, data, train
+from vitlib import checkpoints, cli, files
 
 
 def exit_code(argv) -> int:
@@ -81,12 +81,12 @@ def as_user(env, monkeypatch):
 def test_train_the_sample_preset_on_the_sample(downloaded, as_user, capsys):
     assert cli.main(["train", "--preset", "sample", "--data", "sample", "--epochs", "2", "--no-progress",
                      "--device", "cpu"]) == 0
-    run_dir = train.runs_dir() / "sample-sample"
+    run_dir = files.runs_dir() / "sample-sample"
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "history.csv", "last.pt"]
     assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [1, 2]
     out = capsys.readouterr().out
     assert "best epoch" in out and "sample-sample" in out
-    assert train.load_checkpoint(run_dir / "last.pt")["preset"]["epochs"] == 2
+    assert checkpoints.load_checkpoint(run_dir / "last.pt")["preset"]["epochs"] == 2
 
     # --fresh on a run dir that holds a run: refused, exit 2, nothing overwritten
     before = (run_dir / "last.pt").read_bytes()
@@ -114,8 +114,8 @@ def test_an_unknown_preset_exits_2(downloaded, as_user, capsys):
 
 
 def test_the_environment_is_what_the_cli_reads(as_user):
-    assert str(data.data_dir()) == as_user["VITLIB_DATA_DIR"]
-    assert str(train.runs_dir()) == as_user["VITLIB_RUNS_DIR"]
+    assert str(files.data_dir()) == as_user["VITLIB_DATA_DIR"]
+    assert str(files.runs_dir()) == as_user["VITLIB_RUNS_DIR"]
 
 
 def test_a_damaged_checkpoint_exits_2_with_the_readable_message(tmp_path, capsys):

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from vitlib import data, download, sample
+from vitlib import data, download, explore, sample
 from vitlib.data import DataError, DataWarning, UnsafeArchiveError
 
 
@@ -158,7 +158,7 @@ def test_split_is_deterministic_whatever_the_listing_order():
 def test_image_info_reads_headers_and_marks_unreadable_files(tmp_path):
     ds = extracted(tmp_path, ["cat.1.jpg", "dog.1.jpg"])
     (ds.train_dir / "dog.1.jpg").write_bytes(b"not a jpeg")
-    info = data.image_info(ds, data.index_images(ds), workers=2).set_index("file")
+    info = explore.image_info(ds, data.index_images(ds), workers=2).set_index("file")
     assert info.loc["train/cat.1.jpg", ["width", "height", "mode"]].tolist() == [12, 9, "RGB"]
     assert info.loc["train/cat.1.jpg", "aspect"] == pytest.approx(12 / 9)
     assert info.loc["train/dog.1.jpg", "mode"] == "unreadable"

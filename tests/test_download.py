@@ -133,6 +133,117 @@ def test_kaggle_not_installed_is_explained(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
+# Broken credentials are named before kaggle sees them (kaggle would print its help and exit: "401")
+
+GOOD = '{"username": "me", "key": "k"}'
+
+
+def setup(home: Path, env: dict, files: dict) -> dict:
+    for name, text in files.items():
+        write(home / name, text)
+    return {k: v.format(home=home) for k, v in env.items()}
+
+
+def assert_short_and_clear(message: str, *names: str) -> None:
+    assert message.count("\n") <= 1, message  # one or two lines, not kaggle's login help
+    assert "401" not in message and "rejected" not in message
+    for name in names:
+        assert name in message, (name, message)
+
+
+@pytest.mark.parametrize(("env", "files", "names"), [
+    ({}, {".kaggle/kaggle.json": '{"username": "me", "key": "k"'},
+     ["~/.kaggle/kaggle.json is not valid JSON", "line 1, column 30", "https://www.kaggle.com/settings", "replace"]),
+    ({}, {".kaggle/kaggle.json": '{"username": "me",\n "key": k}'}, ["not valid JSON", "line 2, column 9"]),
+    ({}, {".kaggle/kaggle.json": ""}, ["~/.kaggle/kaggle.json is empty", "https://www.kaggle.com/settings"]),
+    ({}, {".kaggle/kaggle.json": '["me", "k"]'}, ["~/.kaggle/kaggle.json is not a JSON object but a list", '"key"']),
+    ({}, {".kaggle/kaggle.json": '{"username": "me"}'}, ['~/.kaggle/kaggle.json has no "key"', "kaggle.com/settings"]),
+    ({}, {".kaggle/kaggle.json": '{"key": "k"}'}, ['~/.kaggle/kaggle.json has no "username"']),
+    ({}, {".kaggle/kaggle.json": "{}"}, ['has no "username" or "key"']),
+    ({}, {".kaggle/kaggle.json": '{"username": "me", "key": ""}'}, ['"key" in ~/.kaggle/kaggle.json is empty']),
+    ({}, {".kaggle/kaggle.json": '{"username": "me", "key": 123}'}, ['"key" in ~/.kaggle/kaggle.json is not a string']),
+    ({}, {".kaggle/kaggle.json": '{"username": " ", "key": "k"}'}, ['"username" in ~/.kaggle/kaggle.json is empty']),
+    ({"KAGGLE_CONFIG_DIR": "{home}/conf"}, {"conf/kaggle.json": "{oops"}, ["~/conf/kaggle.json is not valid JSON"]),
+    ({"KAGGLE_USERNAME": "me"}, {}, ["KAGGLE_USERNAME is set but KAGGLE_KEY is missing", "unset KAGGLE_USERNAME"]),
+    ({"KAGGLE_KEY": "k"}, {}, ["KAGGLE_KEY is set but KAGGLE_USERNAME is missing", "unset KAGGLE_KEY"]),
+    ({"KAGGLE_USERNAME": "me"}, {".kaggle/kaggle.json": '{"username": "other"}'},
+     ['KAGGLE_USERNAME is set but KAGGLE_KEY is missing, and ~/.kaggle/kaggle.json has no "key" either']),
+    ({"KAGGLE_USERNAME": "me", "KAGGLE_KEY": ""}, {".kaggle/kaggle.json": GOOD}, ["KAGGLE_KEY is set but empty"]),
+    ({"KAGGLE_API_TOKEN": "", "KAGGLE_USERNAME": "me"}, {}, ["KAGGLE_KEY is missing"]),  # an empty token is none
+    ({}, {".kaggle/access_token": "\n", ".kaggle/kaggle.json": "{"}, ["~/.kaggle/kaggle.json is not valid JSON"]),
+    # a kaggle.json that is not an object crashes kaggle whenever a KAGGLE_* variable is set, even with a token
+    ({"KAGGLE_API_TOKEN": "tok"}, {".kaggle/kaggle.json": '"me:k"'}, ["not a JSON object but a string"]),
+])
+def test_broken_credentials_are_named_in_a_line_or_two(tmp_path, monkeypatch, env, files, names):
+    monkeypatch.setitem(sys.modules, "kaggle", None)  # importing kaggle would fail loudly
+    env = setup(tmp_path, env, files)
+    with pytest.raises(KaggleError) as err:
+        download.check_credentials(env=env, home=tmp_path)
+    assert_short_and_clear(str(err.value), *names)
+
+
+@pytest.mark.parametrize(("env", "files", "source"), [
+    ({}, {".kaggle/kaggle.json": GOOD}, "~/.kaggle/kaggle.json"),
+    ({"KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k"}, {}, "KAGGLE_USERNAME/KAGGLE_KEY"),
+    # a variable and kaggle.json make a pair, as in kaggle
+    ({"KAGGLE_USERNAME": "me"}, {".kaggle/kaggle.json": '{"key": "k"}'}, "KAGGLE_USERNAME + ~/.kaggle/kaggle.json"),
+    ({"KAGGLE_KEY": "new"}, {".kaggle/kaggle.json": GOOD}, "KAGGLE_KEY + ~/.kaggle/kaggle.json"),
+    # kaggle reads no further than the first source it can use, so what is behind it does not matter
+    ({"KAGGLE_API_TOKEN": "tok"}, {".kaggle/kaggle.json": "{oops"}, "KAGGLE_API_TOKEN"),
+    ({"KAGGLE_API_TOKEN": "tok"}, {".kaggle/kaggle.json": '{"username": "me"}'}, "KAGGLE_API_TOKEN"),
+    ({}, {".kaggle/access_token": "tok", ".kaggle/kaggle.json": '["me", "k"]'}, "~/.kaggle/access_token"),
+    ({"KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k"}, {".kaggle/kaggle.json": "{oops"}, "KAGGLE_USERNAME/KAGGLE_KEY"),
+    ({}, {".kaggle/kaggle.json": "{oops", ".kaggle/credentials.json": "{}"}, "~/.kaggle/credentials.json (OAuth)"),
+    # an empty token is none
+    ({"KAGGLE_API_TOKEN": ""}, {".kaggle/kaggle.json": GOOD}, "~/.kaggle/kaggle.json"),
+    ({}, {".kaggle/access_token": " \n", ".kaggle/kaggle.json": GOOD}, "~/.kaggle/kaggle.json"),
+])
+def test_usable_credentials_pass_the_check(tmp_path, env, files, source):
+    env = setup(tmp_path, env, files)
+    assert download.check_credentials(env=env, home=tmp_path) == source
+
+
+def test_no_credentials_at_all_keep_the_full_instructions(tmp_path):
+    with pytest.raises(KaggleError, match="No Kaggle credentials found") as err:
+        download.check_credentials(env={}, home=tmp_path)
+    assert str(err.value) == download.NO_CREDENTIALS.format(url=f"https://www.kaggle.com/c/{COMPETITION}/data")
+
+
+def kaggle_that_exits(monkeypatch) -> list:
+    """A stand-in kaggle that, like the real one, prints its login help and exits; returns its list of calls."""
+    calls = []
+
+    def exits():
+        calls.append("authenticate")
+        print("Authentication required to call the Kaggle API.")
+        raise SystemExit(1)
+
+    fake_kaggle(monkeypatch, exits)
+    return calls
+
+
+def test_kaggle_api_names_a_malformed_kaggle_json_without_asking_kaggle(tmp_path, monkeypatch, capsys):
+    no_credentials(monkeypatch, tmp_path)
+    write(tmp_path / ".kaggle" / "kaggle.json", '{"username": "me" "key": "k"}')
+    calls = kaggle_that_exits(monkeypatch)
+    with pytest.raises(KaggleError) as err:
+        download.kaggle_api()
+    assert_short_and_clear(str(err.value), "~/.kaggle/kaggle.json is not valid JSON", "line 1, column 19",
+                           "https://www.kaggle.com/settings")
+    assert calls == [] and capsys.readouterr().out == ""  # kaggle never ran: no help text, no "401"
+
+
+def test_kaggle_api_says_the_key_is_missing(tmp_path, monkeypatch, capsys):
+    no_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("KAGGLE_USERNAME", "me")
+    calls = kaggle_that_exits(monkeypatch)
+    with pytest.raises(KaggleError) as err:
+        download.kaggle_api()
+    assert_short_and_clear(str(err.value), "KAGGLE_USERNAME is set but KAGGLE_KEY is missing")
+    assert calls == [] and capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------------------------------------
 # Colab secrets
 
 

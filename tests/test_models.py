@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vitlib import models, train
+from vitlib import checkpoints, files, models
 from vitlib.attention import attention_layers
 from vitlib.presets import get_preset
 
@@ -20,7 +20,8 @@ def test_geometry_and_output(attention):
 
 
 def test_seed_geometry_is_the_seed_notebooks():
-    assert (models.SEED.image_size, models.SEED.patch_size, models.SEED.seq_len, models.SEED.k) == (224, 32, 50, 64)
+    seed = models.SEED_NOTEBOOK_MODEL
+    assert (seed.image_size, seed.patch_size, seed.seq_len, seed.k) == (224, 32, 50, 64)
 
 
 def test_bad_configs_are_refused():
@@ -69,9 +70,9 @@ def test_load_model_round_trips_a_training_checkpoint(tmp_path):
     preset = get_preset("sample")
     model = models.build_model(preset.model)
     path = tmp_path / "ckpt.pt"
-    train.save_checkpoint(path, {"model_config": models.config_dict(preset.model), "model": model.state_dict(),
+    checkpoints.save_checkpoint(path, {"model_config": models.config_dict(preset.model), "model": model.state_dict(),
                                  "preset": preset.to_dict(), "data": "test"})
-    loaded, meta = models.load_model(path)
+    loaded, meta = checkpoints.load_model(path)
     assert not loaded.training and meta["data"] == "test" and "model" not in meta
     x = torch.randn(2, 3, preset.model.image_size, preset.model.image_size)
     torch.testing.assert_close(loaded(x), model.eval()(x))
@@ -79,7 +80,7 @@ def test_load_model_round_trips_a_training_checkpoint(tmp_path):
 
 def test_committed_checkpoints_load_with_their_provenance():
     for attention in ("linformer", "full"):
-        model, meta = models.load_trained(models.PRETRAINED[attention], attention=attention)
+        model, meta = checkpoints.load_trained(checkpoints.PRETRAINED[attention], attention=attention)
         assert model.config.attention == attention
         assert {"command", "data", "val_acc", "val_log_loss"} <= set(meta["provenance"])
         assert meta["data"].startswith("real photos")
@@ -90,9 +91,9 @@ def test_kv_init_is_ignored_by_full_attention():  # refused for Linformer: test_
 
 
 def test_load_trained_skips_an_unreadable_run_with_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setenv(train.RUNS_ENV, str(tmp_path))
+    monkeypatch.setenv(files.RUNS_ENV, str(tmp_path))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "best.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="Skipped Cannot read best.pt in broken/"):
-        model, meta = models.load_trained()
+        model, meta = checkpoints.load_trained()
     assert meta["source"] == "committed checkpoint"

@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 
 import pandas as pd
 
-from vitlib import plots
+from vitlib import explore, plots
 
 
 def _stats(widths, heights):
@@ -18,7 +18,7 @@ def _stats(widths, heights):
 
 
 def test_odd_ones_out_picks_the_extremes_and_skips_ties():
-    odd = plots.odd_ones_out(_stats([200] * 6, [200] * 6), per=2)
+    odd = explore.odd_ones_out(_stats([200] * 6, [200] * 6), per=2)
     why = odd.groupby("why", sort=False)["file"].apply(list).to_dict()
     # colourfulness and the sizes tie everywhere: skipped; the others in ODD_CRITERIA's order
     assert list(why) == ["darkest", "brightest", "lowest contrast", "smallest file"]
@@ -28,7 +28,7 @@ def test_odd_ones_out_picks_the_extremes_and_skips_ties():
 
 
 def test_odd_ones_out_finds_elongated_images_either_way_round():
-    odd = plots.odd_ones_out(_stats([200, 400, 100, 210], [200, 90, 200, 200]), per=2)
+    odd = explore.odd_ones_out(_stats([200, 400, 100, 210], [200, 90, 200, 200]), per=2)
     assert odd.loc[odd["why"] == "most elongated", "file"].tolist() == ["train/cat.1.jpg", "train/cat.2.jpg"]
     assert odd.loc[odd["why"] == "fewest pixels", "file"].tolist() == ["train/cat.2.jpg", "train/cat.1.jpg"]
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from vitlib import data, sample
+from vitlib import data, files, sample
 from vitlib.presets import get_preset
-from vitlib.train import fit
+from vitlib.train import fit, prepare_training_data
 
 
 def digests(folder) -> dict:
@@ -102,8 +102,9 @@ def test_a_tiny_model_learns_the_sample_in_seconds_on_a_cpu(sample_ds, tmp_path,
     log loss about 0.56. Chance is 0.5 accuracy and ln 2 = 0.693 log loss; 0.62 would happen by chance
     with a probability under 1%.
     """
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))  # the image cache goes to tmp_path, not data/
-    run = fit(get_preset("sample"), sample_ds, run_dir=tmp_path / "run", device="cpu", progress=False)
+    monkeypatch.setenv(files.DATA_DIR_ENV, str(tmp_path))  # the image cache goes to tmp_path, not data/
+    preset = get_preset("sample")
+    run = fit(preset, prepare_training_data(sample_ds, preset, "cpu"), run_dir=tmp_path / "run", progress=False)
     last = run.history.iloc[-1]
     assert len(run.data.train) == 400 and len(run.data.val) == 100
     assert last["val_acc"] >= 0.62

@@ -10,13 +10,15 @@ import pytest
 import requests
 import torch
 
-from vitlib import data, download, submit
+from vitlib import calibration, data, download, files, submit
 from vitlib.cache import build_cache
+from vitlib.calibration import Calibration
+from vitlib.checkpoints import save_checkpoint
 from vitlib.download import KaggleError
 from vitlib.models import build_model, config_dict
 from vitlib.presets import get_preset
-from vitlib.submit import Calibration, SubmissionError
-from vitlib.train import predict_proba, save_checkpoint
+from vitlib.submit import SubmissionError
+from vitlib.train import predict_proba
 
 IDS = np.arange(1, 13)
 
@@ -138,14 +140,14 @@ def _labels_for(p_true, seed=0):
 @pytest.mark.parametrize("true_t", [0.5, 2.0])
 def test_fit_temperature_recovers_the_temperature_that_made_the_labels(true_t):
     z = np.random.default_rng(1).normal(0, 2, 20_000)
-    labels = _labels_for(submit.sigmoid(z / true_t))
-    assert submit.fit_temperature(labels, submit.sigmoid(z)) == pytest.approx(true_t, rel=0.1)
+    labels = _labels_for(calibration.sigmoid(z / true_t))
+    assert calibration.fit_temperature(labels, calibration.sigmoid(z)) == pytest.approx(true_t, rel=0.1)
 
 
 def test_a_model_worse_than_chance_gets_an_infinite_temperature_not_a_negative_one():
     p = np.random.default_rng(2).random(500)
     labels = (p < 0.5).astype(int)  # always wrong
-    t = submit.fit_temperature(labels, p)
+    t = calibration.fit_temperature(labels, p)
     assert t == math.inf
     np.testing.assert_allclose(Calibration(t).apply(p), 0.5)
 
@@ -162,13 +164,13 @@ def test_calibration_apply():
 
 def test_an_overconfident_model_is_better_served_by_a_temperature_than_by_any_clip():
     z = np.random.default_rng(3).normal(0, 3, 4_000)
-    labels = _labels_for(submit.sigmoid(z / 3))  # the truth is three times softer than the model says
-    table = submit.compare_calibrations(labels, submit.sigmoid(z))
+    labels = _labels_for(calibration.sigmoid(z / 3))  # the truth is three times softer than the model says
+    table = calibration.compare_calibrations(labels, calibration.sigmoid(z))
     fits_nothing = table[~table["method"].str.startswith("temperature")]
     np.testing.assert_allclose(fits_nothing["held_out_log_loss"], fits_nothing["val_log_loss"])
     best_clip = fits_nothing["held_out_log_loss"].min()
     assert table.loc[table["method"] == "none", "held_out_log_loss"].item() > best_clip  # clipping does help ...
-    chosen = submit.choose_calibration(table)
+    chosen = calibration.choose_calibration(table)
     assert chosen.temperature == pytest.approx(3, rel=0.15)  # ... a temperature more
     assert table["held_out_log_loss"].min() < best_clip
 
@@ -177,8 +179,8 @@ def test_paired_difference_is_the_loss_gap_and_its_paired_bootstrap_standard_err
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
     p_a = np.clip(np.where(labels == 1, 0.7, 0.3) + rng.normal(0, 0.2, 400), 0.01, 0.99)
-    p_b = submit.Calibration(0.8).apply(p_a)
-    diff, se = submit.paired_difference(labels, p_a, p_b)
+    p_b = calibration.Calibration(0.8).apply(p_a)
+    diff, se = calibration.paired_difference(labels, p_a, p_b)
     assert diff == pytest.approx(submit.log_loss(labels, p_a) - submit.log_loss(labels, p_b))
     picks = rng.integers(0, 400, (4000, 400))  # the images, resampled with replacement, the same for both
     boot = [submit.log_loss(labels[i], p_a[i]) - submit.log_loss(labels[i], p_b[i]) for i in picks]
@@ -194,7 +196,7 @@ def test_paired_difference_is_the_loss_gap_and_its_paired_bootstrap_standard_err
 def sample_ds(tmp_path_factory):
     """The synthetic sample, and every cache, in a folder of this module's own."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(data.DATA_DIR_ENV, str(tmp_path_factory.mktemp("data")))
+        mp.setenv(files.DATA_DIR_ENV, str(tmp_path_factory.mktemp("data")))
         yield data.prepare_data("sample", verbose=False)
 
 

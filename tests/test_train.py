@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from vitlib import data, metrics, sample, train
+from vitlib import checkpoints, data, files, metrics, sample, train
+from vitlib import device as devices
 from vitlib.models import build_model
 from vitlib.presets import Preset, get_preset
 
@@ -106,7 +107,7 @@ def test_predict_proba_is_the_softmax_in_eval_mode_and_tta_averages_the_mirror()
     with torch.no_grad():
         expected = model(train.normalize(x)).softmax(-1)[:, 1].numpy()
         mirrored = model(train.normalize(x).flip(-1)).softmax(-1)[:, 1].numpy()
-    amp = train.autocast_dtype(torch.device("cpu"))  # bf16 autocast on CPUs that have it: looser
+    amp = devices.autocast_dtype(torch.device("cpu"))  # bf16 autocast on CPUs that have it: looser
     tol = 2e-2 if amp else 1e-5
     np.testing.assert_allclose(plain, expected, atol=tol)
     tta = train.predict_proba(model, x, tta=True, device=torch.device("cpu"))
@@ -121,7 +122,7 @@ def test_predict_proba_is_the_softmax_in_eval_mode_and_tta_averages_the_mirror()
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    train.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    checkpoints.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
 
     def crash(obj, f, *args, **kwargs):
         open(f, "wb").write(b"half a checkp")
@@ -129,17 +130,17 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        train.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+        checkpoints.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
-    assert train.load_checkpoint(path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path)["epoch"] == 1
 
 
 def test_loading_refuses_pickled_code(tmp_path):
     """weights_only=True: a checkpoint from the internet cannot run code (here: hold an arbitrary object)."""
     path = tmp_path / "evil.pt"
     torch.save({"preset": PRESET}, path)
-    with pytest.raises(train.CheckpointError, match="UnpicklingError.*not a vitlib checkpoint"):
-        train.load_checkpoint(path)
+    with pytest.raises(checkpoints.CheckpointError, match="UnpicklingError.*not a vitlib checkpoint"):
+        checkpoints.load_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,18 +167,19 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path, monkeypatch):
     """Image caches go to tmp_path, not the repo's data/."""
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "data"))
+    monkeypatch.setenv(files.DATA_DIR_ENV, str(tmp_path / "data"))
 
 
-def run_fit(preset: Preset, ds, run_dir, **kwargs) -> train.Run:
-    return train.fit(preset, ds, run_dir=run_dir, device="cpu", progress=False, **kwargs)
+def run_fit(preset: Preset, ds, run_dir, data=None, **kwargs) -> train.Run:
+    data = data or train.prepare_training_data(ds, preset, "cpu")
+    return train.fit(preset, data, run_dir=run_dir, progress=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def finished(tiny, tmp_path_factory):
     """One uninterrupted run of EPOCHS epochs."""
     with pytest.MonkeyPatch.context() as m:
-        m.setenv(data.DATA_DIR_ENV, str(tmp_path_factory.mktemp("cache")))
+        m.setenv(files.DATA_DIR_ENV, str(tmp_path_factory.mktemp("cache")))
         return run_fit(PRESET, tiny, tmp_path_factory.mktemp("runs") / "full")
 
 
@@ -201,7 +203,7 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(finish
         with pytest.raises(KeyboardInterrupt):
             run_fit(PRESET, tiny, run_dir)
     assert "Interrupted during epoch 3; last.pt holds epoch 2" in capsys.readouterr().out
-    assert train.load_checkpoint(run_dir / "last.pt")["epoch"] == 2
+    assert checkpoints.load_checkpoint(run_dir / "last.pt")["epoch"] == 2
     assert len(pd.read_csv(run_dir / "history.csv")) == 2
 
     resumed = run_fit(PRESET, tiny, run_dir)
@@ -209,13 +211,13 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(finish
     torch.testing.assert_close(resumed.model.state_dict(), finished.model.state_dict(), rtol=0, atol=0)
     columns = ["epoch", "train_loss", "train_acc", "lr", "val_loss", "val_acc"]
     pd.testing.assert_frame_equal(resumed.history[columns], finished.history[columns])
-    a, b = (train.load_checkpoint(d / "last.pt") for d in (run_dir, finished.run_dir))
+    a, b = (checkpoints.load_checkpoint(d / "last.pt") for d in (run_dir, finished.run_dir))
     torch.testing.assert_close(a["optimizer"], b["optimizer"], rtol=0, atol=0)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == EPOCHS * 3
 
 
 def test_the_checkpoint_holds_everything_to_resume(finished):
-    ckpt = train.load_checkpoint(finished.run_dir / "last.pt")  # weights_only=True: plain data only
+    ckpt = checkpoints.load_checkpoint(finished.run_dir / "last.pt")  # weights_only=True: plain data only
     for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "preset", "model_config", "history"):
         assert key in ckpt
     assert ckpt["epoch"] == EPOCHS and ckpt["preset"] == PRESET.to_dict()
@@ -248,14 +250,14 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        train.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+        checkpoints.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_best_checkpoint_is_the_lowest_validation_loss(finished):
     history = pd.read_csv(finished.run_dir / "history.csv")
     assert list(history["epoch"]) == list(range(1, EPOCHS + 1))
-    best = train.load_checkpoint(finished.run_dir / "best.pt")
+    best = checkpoints.load_checkpoint(finished.run_dir / "best.pt")
     assert best["epoch"] == int(history.loc[history["val_loss"].idxmin(), "epoch"])
     model = finished.best_model()
     assert not model.training
@@ -330,25 +332,25 @@ def test_gpus_before_ampere_get_fp16_with_a_scaler_not_emulated_bf16(monkeypatch
     """torch.cuda.is_bf16_supported() says yes on a T4 (emulated, slow); the capability decides."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert train.autocast_dtype(torch.device("cuda")) == dtype
+    assert devices.autocast_dtype(torch.device("cuda")) == dtype
 
 
 def test_mps_runs_in_fp32_without_an_autocast_context():
-    assert train.autocast_dtype(torch.device("mps")) is None
-    with train.autocast(torch.device("mps")):  # a no-op context: older torch has no MPS autocast at all
+    assert devices.autocast_dtype(torch.device("mps")) is None
+    with devices.autocast(torch.device("mps")):  # a no-op context: older torch has no MPS autocast at all
         pass
 
 
 def as_fp16(monkeypatch):
     """Make the CPU behave like a T4: fp16 autocast and an enabled GradScaler."""
-    monkeypatch.setattr(train, "autocast_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(devices, "autocast_dtype", lambda device: torch.float16)
 
 
 def test_the_fp16_path_trains_with_an_enabled_grad_scaler(tiny, tmp_path, monkeypatch):
     as_fp16(monkeypatch)
     run = run_fit(PRESET.replace(epochs=1), tiny, tmp_path / "run")
     assert np.isfinite(run.history["train_loss"]).all()
-    assert train.load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]["scale"] > 0
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]["scale"] > 0
 
 
 @pytest.mark.parametrize("first_fp16", [True, False])
@@ -380,30 +382,30 @@ def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpo
     monkeypatch.setattr(train.F, "cross_entropy", nan_after_the_first_epoch)
     with pytest.raises(FloatingPointError, match="diverged in epoch 2.*lower the learning rate"):
         run_fit(PRESET.replace(epochs=3), tiny, tmp_path / "run")
-    assert train.load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
-    assert train.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
 
 
 def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(train.CheckpointError, match="Cannot read last.pt.*damaged"):
-        train.load_checkpoint(path)
+    with pytest.raises(checkpoints.CheckpointError, match="Cannot read last.pt.*damaged"):
+        checkpoints.load_checkpoint(path)
 
 
 def test_export_keeps_the_best_weights_and_the_whole_history(finished, tmp_path, monkeypatch):
     out = tmp_path / "pretrained" / "model.pt"
-    provenance = train.export_checkpoint(finished.run_dir, out, command="pytest")
-    best = train.load_checkpoint(finished.run_dir / "best.pt")
-    slim = train.load_checkpoint(out)
+    provenance = checkpoints.export_checkpoint(finished.run_dir, out, command="pytest")
+    best = checkpoints.load_checkpoint(finished.run_dir / "best.pt")
+    slim = checkpoints.load_checkpoint(out)
     assert slim["epoch"] == best["epoch"] == provenance["epoch"] and provenance["epochs"] == EPOCHS
     assert len(slim["history"]["epoch"]) == EPOCHS and "optimizer" not in slim
     for name, weights in best["model"].items():  # fp16 copies of the best weights
         torch.testing.assert_close(slim["model"][name].float(), weights.float(), rtol=1e-3, atol=1e-3)
     assert out.with_suffix(".json").is_file()
 
-    monkeypatch.setattr(train, "REFERENCE_RUNS", tmp_path / "reference-runs.csv")
-    train.add_reference_run("tiny", finished.run_dir)
-    runs = train.add_reference_run("tiny", finished.run_dir)  # recording again replaces, never duplicates
+    monkeypatch.setattr(checkpoints, "REFERENCE_RUNS", tmp_path / "reference-runs.csv")
+    checkpoints.add_reference_run("tiny", finished.run_dir)
+    runs = checkpoints.add_reference_run("tiny", finished.run_dir)  # recording again replaces, never duplicates
     assert list(runs["run"]) == ["tiny"] * EPOCHS and runs["device"].str.startswith("cpu").all()
-    pd.testing.assert_frame_equal(train.reference_runs(), runs, check_dtype=False)
+    pd.testing.assert_frame_equal(checkpoints.reference_runs(), runs, check_dtype=False)

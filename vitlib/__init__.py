@@ -1,7 +1,13 @@
 """vitlib: the code behind a notebook series that teaches Vision Transformers on Dogs vs Cats.
 
-One module per concept, in the order the notebooks teach them: download, data, sample, cache,
-patches, models, attention, augment, presets, metrics, train, submit, plots, cli.
+One module per concept, in the order the notebooks teach them; a module imports only those before it:
+    helpers: files, device, plots
+    01: download, sample, data, cache, explore, metrics
+    02: patches, models
+    03: attention, attention_cost
+    04: augment, presets, checkpoints, train, bench
+    05: calibration, submit
+    the command line: cli
 """
 
 __version__ = "0.1.0"
@@ -11,7 +17,7 @@ def about(ds=None) -> str:
     """One line naming what produced a notebook's outputs: versions, device and data."""
     import torch
 
-    from .train import describe_device, pick_device
+    from .device import describe_device, pick_device
 
     line = f"vitlib {__version__} | torch {torch.__version__} | {describe_device(pick_device())}"
     if ds is not None:

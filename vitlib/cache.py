@@ -21,14 +21,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DataWarning, DogsVsCats, atomic_path, data_dir
+from .data import DataWarning, DogsVsCats
+from .files import atomic_path, data_dir, progress_bars
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
-PROGRESS_ENV = "VITLIB_PROGRESS"  # "0": no progress bars (headless runs, whose saved notebooks keep only the text)
-
-
-def progress_bars() -> bool:
-    return os.environ.get(PROGRESS_ENV, "1") != "0"
 
 
 def load_image(path: Path, size: int | None = None) -> np.ndarray:
@@ -164,27 +160,3 @@ def _report(cache: ImageCache) -> ImageCache:
             stacklevel=3,
         )
     return cache
-
-
-def image_stats(cache: ImageCache, chunk: int = 1000) -> pd.DataFrame:
-    """Per image: brightness (mean grey level), contrast (its std) and colourfulness (mean channel spread)."""
-    rows = []
-    for i in range(0, len(cache), chunk):
-        x = cache.images[i : i + chunk].cpu().float() / 255
-        grey = x.mean(1)
-        rows.append(
-            pd.DataFrame(
-                {
-                    "brightness": grey.mean((1, 2)).numpy(),
-                    "contrast": grey.std((1, 2)).numpy(),
-                    "colourfulness": (x.amax(1) - x.amin(1)).mean((1, 2)).numpy(),
-                }
-            )
-        )
-    stats = (
-        pd.concat(rows, ignore_index=True)
-        if rows
-        else pd.DataFrame(columns=["brightness", "contrast", "colourfulness"])
-    )
-    stats.insert(0, "file", cache.files)
-    return stats

@@ -8,7 +8,6 @@ and returns a `DogsVsCats` that says where everything is and what it is.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,25 +15,25 @@ import shutil
 import stat
 import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from . import download
+from . import download, sample
+from .files import DATA_DIR_ENV, DATA_ENV, atomic_path, data_dir, is_disk_full, waiting, write_atomic
+from .sample import SAMPLE_STAMP
 
-DATA_ENV = "VITLIB_DATA"  # "auto" (default), "sample", "kaggle", or a path to a folder or zip
-DATA_DIR_ENV = "VITLIB_DATA_DIR"  # where downloads and extracted folders go (default: the repo's data/)
+__all__ = ["DATA_DIR_ENV", "DATA_ENV", "atomic_path", "data_dir", "write_atomic"]  # kept importable from here
 
 # What the competitions ship; a different count is reported.
 SHIPPED = {"train": 25_000, "test": 12_500}
 TEST_FOLDERS = ("test", "test1")  # redux, original
 SUBMISSION_FILES = ("sample_submission.csv", "sampleSubmission.csv")
-SAMPLE_STAMP = "sample.json"  # written by sample.write_sample: marks a folder as the synthetic sample
 CLASSES = ("cat", "dog")  # label 0, label 1: the competition scores P(dog)
+VAL_FRACTION = 0.2  # the share of each class held out for validation
+SPLIT_SEED = 42  # the seed that fixes which images those are, whatever the training seed
 _LABELLED = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 _UNLABELLED = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
 
@@ -64,18 +63,6 @@ def _format(message, category, filename, lineno, line=None):
 warnings.formatwarning = _format
 
 
-def project_dir(sub: str) -> Path:
-    """`<repo>/<sub>` in a source checkout, else `./<sub>` (Colab, pip installs)."""
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").is_file() and (repo / "notebooks").is_dir():
-        return repo / sub
-    return Path.cwd() / sub
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or project_dir("data")).expanduser()
-
-
 @dataclass(frozen=True)
 class DogsVsCats:
     """One prepared copy of the data."""
@@ -90,6 +77,11 @@ class DogsVsCats:
     @property
     def synthetic(self) -> bool:
         return self.kind == "sample"
+
+    @property
+    def identity(self) -> dict:
+        """What this data is, for code to compare (checkpoints store it): its kind and name, never its words."""
+        return {"kind": self.kind, "name": self.name}
 
     def describe(self) -> str:
         """How every plot and summary names this data, so the sample is never taken for photos."""
@@ -155,8 +147,6 @@ def _auto(dest: Path) -> DogsVsCats:
 
 
 def _sample(dest: Path) -> DogsVsCats:
-    from . import sample
-
     folder = dest / "sample"
     sample.write_sample(folder)
     return _layout(folder, "sample", "sample")
@@ -270,23 +260,40 @@ def check_archive(zf: zipfile.ZipFile) -> list[str]:
 
 
 def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
-    """Extract `zip_path` into `dest`, safely and atomically; return the top-level paths.
+    """Extract `zip_path` into `dest`, safely, atomically and one process at a time; return the top-level paths.
 
-    Everything is extracted into a hidden staging folder first and renamed into place, then a
-    completion marker is written. An interrupted run leaves no marker and is redone; with the
-    marker present (and the zip unchanged) this is a fast no-op. A folder already in the way is
-    kept, renamed `<name>.old-N`, never deleted.
+    Everything is extracted into a staging folder of this process first, counted against the zip,
+    and renamed into place; then a completion marker is written. A second process extracting the
+    same zip waits for the first and then finds its marker. An interrupted run leaves no marker and is
+    redone; with the marker present (and the zip unchanged) this is a fast no-op. A folder already in
+    the way is kept, renamed `<name>.old-N`, never deleted.
     """
     zip_path, dest = Path(zip_path), Path(dest)
     st = zip_path.stat()
     stamp = {"zip": zip_path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     marker = dest / f".{zip_path.name}.complete"
-    why = "no completion marker: an earlier extraction stopped halfway, or the folder came from elsewhere"
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        if {k: done.get(k) for k in stamp} == stamp and all((dest / t).exists() for t in done["tops"]):
-            return [dest / t for t in done["tops"]]
-        why = f"{zip_path.name} has changed (size or modification time) since that folder was extracted from it"
+    done, why = _extracted(marker, stamp, dest)
+    if done is not None:
+        return done
+    # the lock sits beside `dest`, not in it: the extracted folder holds only what the zip and vitlib put there
+    with waiting(dest.parent / f".{dest.name}.{zip_path.name}.lock", f"another process extracting {zip_path.name}"):
+        done, why = _extracted(marker, stamp, dest)  # the other process may have finished it meanwhile
+        if done is not None:
+            return done
+        return _extract(zip_path, dest, marker, stamp, why)
+
+
+def _extracted(marker: Path, stamp: dict, dest: Path) -> tuple[list[Path] | None, str]:
+    """The top-level paths a completed extraction left (None if there is none), and why not."""
+    if not marker.is_file():
+        return None, "no completion marker: an earlier extraction stopped halfway, or the folder came from elsewhere"
+    done = json.loads(marker.read_text())
+    if {k: done.get(k) for k in stamp} == stamp and all((dest / t).exists() for t in done["tops"]):
+        return [dest / t for t in done["tops"]], ""
+    return None, f"{stamp['zip']} has changed (size or modification time) since that folder was extracted from it"
+
+
+def _extract(zip_path: Path, dest: Path, marker: Path, stamp: dict, why: str) -> list[Path]:
     try:
         zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as e:
@@ -294,19 +301,31 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
             f"{zip_path.name} is not a readable zip ({e}): probably a truncated download. "
             "Delete it and download it again."
         ) from None
+    for stale in dest.glob(f".{zip_path.name}.partial*"):  # left by a killed process: we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = dest / f".{zip_path.name}.partial.{os.getpid()}"
     with zf:
         tops = check_archive(zf)
-        dest.mkdir(parents=True, exist_ok=True)
-        staging = dest / f".{zip_path.name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)  # ours, from an interrupted run
+        entries = [info for info in zf.infolist() if not info.is_dir()]
         try:
             zf.extractall(staging)
+            found = sum(1 for p in staging.rglob("*") if p.is_file()) if staging.is_dir() else 0
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             shutil.rmtree(staging, ignore_errors=True)
+            if is_disk_full(e):
+                need = sum(info.file_size for info in entries) / 2**30
+                raise DataError(
+                    f"no space left on {dest.resolve()} while extracting {zip_path.name} (it needs about "
+                    f"{need:.1f} GiB). Nothing was changed and the zip is fine: free some space and run again."
+                ) from None
             raise DataError(
-                f"Extracting {zip_path.name} failed ({e}): the zip is damaged or the disk "
-                "is full. Nothing was changed; delete the zip and download it again."
+                f"Extracting {zip_path.name} failed ({e}): the zip is damaged. Nothing was changed; "
+                "delete the zip and download it again."
             ) from None
+    if found != len(entries):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"Extracting {zip_path.name} gave {found:,} files where the zip lists {len(entries):,}; "
+                        "nothing was changed. Run again; if it happens again, download the zip again.")
     marker.unlink(missing_ok=True)
     for top in tops:
         final = dest / top
@@ -317,7 +336,7 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
                 f"{final.name} was in the way of a fresh extraction of {zip_path.name} ({why}); "
                 f"kept it as {aside.name}, which you may delete.",
                 DataWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
         os.replace(staging / top, final)
     shutil.rmtree(staging, ignore_errors=True)
@@ -332,27 +351,6 @@ def _free_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.old-{n}")
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """A temporary path beside `path` to write to; renamed onto `path` if the block succeeds, removed if not.
-
-    The rename is atomic, so readers see the old file or the new one, never half of one, and a failed
-    write leaves neither half a file nor a stray temporary one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 # ---------------------------------------------------------------------------------------------
 # Integrity, index, split
 
@@ -364,8 +362,6 @@ def count_images(folder: Path | None) -> int:
 def check_counts(ds: DogsVsCats, warn: bool = False) -> pd.DataFrame:
     """Images found against what the competition ships (the sample against what it was made with)."""
     if ds.synthetic:
-        from . import sample
-
         made = {"n_train": sample.N_TRAIN, "n_test": sample.N_TEST}
         if (ds.root / SAMPLE_STAMP).is_file():
             made.update(json.loads((ds.root / SAMPLE_STAMP).read_text()))
@@ -436,7 +432,7 @@ def index_images(ds: DogsVsCats, part: str = "train") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values(keys, ignore_index=True)
 
 
-def split_train_val(index: pd.DataFrame, val_fraction: float = 0.2, seed: int = 42) -> pd.DataFrame:
+def split_train_val(index: pd.DataFrame, val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> pd.DataFrame:
     """A copy of `index` with a `split` column: a seeded split, stratified by label.
 
     The same files and seed always give the same split, whatever order the files were listed in.
@@ -452,20 +448,13 @@ def split_train_val(index: pd.DataFrame, val_fraction: float = 0.2, seed: int = 
     return out
 
 
-def image_info(ds: DogsVsCats, index: pd.DataFrame, workers: int = 8) -> pd.DataFrame:
-    """`index` plus width, height, mode and bytes from each file's header (no full decode)."""
+def validation_split(ds: DogsVsCats, preset=None) -> pd.DataFrame:
+    """The labelled images of `ds` with a `split` column ("train" or "val"): the one split everything uses.
 
-    def info(rel):
-        p = ds.path(rel)
-        try:
-            with Image.open(p) as im:
-                return im.width, im.height, im.mode, p.stat().st_size
-        except (OSError, SyntaxError, ValueError):
-            return 0, 0, "unreadable", p.stat().st_size
-
-    with ThreadPoolExecutor(workers) as pool:
-        got = list(pool.map(info, index["file"]))
-    out = index.copy()
-    out[["width", "height", "mode", "bytes"]] = pd.DataFrame(got, index=out.index)
-    out["aspect"] = out["width"] / out["height"].where(out["height"] > 0)
-    return out
+    Training, prediction and the notebooks all ask here. `preset` (anything with `val_fraction` and
+    `split_seed`, such as a vitlib Preset) chooses the fraction and the seed; None means the defaults,
+    VAL_FRACTION and SPLIT_SEED, which every shipped preset uses.
+    """
+    fraction = VAL_FRACTION if preset is None else preset.val_fraction
+    seed = SPLIT_SEED if preset is None else preset.split_seed
+    return split_train_val(index_images(ds), fraction, seed)

@@ -7,6 +7,7 @@ and imports kaggle only when it is about to use it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -36,6 +37,9 @@ NO_CREDENTIALS = """No Kaggle credentials found. Do one of these, then run again
 Without any of these, the notebooks use the built-in synthetic sample."""
 
 
+OAUTH = "~/.kaggle/credentials.json (OAuth)"
+
+
 def credential_source(env: dict | None = None, home: Path | None = None) -> str | None:
     """Where the kaggle package would find credentials, in its own order, or None.
 
@@ -52,10 +56,103 @@ def credential_source(env: dict | None = None, home: Path | None = None) -> str 
         return "KAGGLE_USERNAME/KAGGLE_KEY"
     config = kaggle_config_dir(env, home) / "kaggle.json"
     if config.is_file():
-        return str(config).replace(str(home), "~", 1)
+        return _shown(config, home)
     if (home / ".kaggle" / "credentials.json").is_file():
-        return "~/.kaggle/credentials.json (OAuth)"
+        return OAUTH
     return None
+
+
+PAIR = {"KAGGLE_USERNAME": "username", "KAGGLE_KEY": "key"}  # the variables and the kaggle.json fields they replace
+NEW_KAGGLE_JSON = (
+    "Download a new kaggle.json at https://www.kaggle.com/settings (API) and replace {file} with it, "
+    "or delete it and set KAGGLE_API_TOKEN instead."
+)
+
+
+def check_credentials(env: dict | None = None, home: Path | None = None) -> str:
+    """The credentials the kaggle package will use, checked before it sees them; or a KaggleError that says why not.
+
+    A broken kaggle.json or half a KAGGLE_USERNAME/KAGGLE_KEY pair is named in one or two lines, with the fix
+    (kaggle itself would print its login help and exit, which reads as "credentials rejected"); no credentials
+    at all raise the NO_CREDENTIALS instructions. Environment and files only: no network, no `import kaggle`.
+    """
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else Path(home)
+    config = kaggle_config_dir(env, home) / "kaggle.json"
+    file = _shown(config, home)
+    data, problem = _read_kaggle_json(config, file) if config.is_file() else (None, None)
+    if data and not isinstance(data, dict) and any(name.startswith("KAGGLE_") for name in env):
+        raise KaggleError(problem)  # kaggle copies every KAGGLE_* variable into it and crashes, token or not
+    # 1. a token (an empty one is none)
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    for name in ("access_token", "access_token.txt"):
+        if (home / ".kaggle" / name).is_file():
+            try:
+                if (home / ".kaggle" / name).read_text().strip():
+                    return f"~/.kaggle/{name}"
+            except (OSError, UnicodeDecodeError) as e:
+                why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+                raise KaggleError(f"~/.kaggle/{name} cannot be read ({why}): replace or delete it.") from None
+    # 2. username and key: each variable, even empty, replaces its field of kaggle.json
+    fields = data if isinstance(data, dict) else {}
+    found = {v: (env[v], v) if v in env else (fields[f], file) for v, f in PAIR.items() if v in env or f in fields}
+    if len(found) == 2:  # kaggle takes both as they are: an empty one would fail only at the first request
+        for variable, (value, origin) in found.items():
+            if isinstance(value, str) and value.strip():
+                continue
+            if origin != file:
+                raise KaggleError(f"{variable} is set but empty: set it to your Kaggle {PAIR[variable]}, or unset it.")
+            what = "is not a string" if value is not None and not isinstance(value, str) else "is empty"
+            raise KaggleError(f'"{PAIR[variable]}" in {file} {what}.\n' + NEW_KAGGLE_JSON.format(file=file))
+        variables = [variable for variable, (_, origin) in found.items() if origin != file]
+        return "KAGGLE_USERNAME/KAGGLE_KEY" if len(variables) == 2 else " + ".join([*variables, file])
+    # 3. OAuth, which kaggle tries when 2. is incomplete
+    if (home / ".kaggle" / "credentials.json").is_file():
+        return OAUTH
+    if problem:
+        raise KaggleError(problem)
+    if found and next(iter(found.values()))[1] != file:
+        (variable,) = found
+        (missing,) = set(PAIR) - {variable}
+        either = f', and {file} has no "{PAIR[missing]}" either' if config.is_file() else ""
+        raise KaggleError(
+            f"{variable} is set but {missing} is missing{either}: set {missing} to your Kaggle {PAIR[missing]} "
+            f'(the "{PAIR[missing]}" of a kaggle.json from https://www.kaggle.com/settings), or unset {variable}.'
+        )
+    if config.is_file():
+        lacking = " or ".join(f'"{field}"' for variable, field in PAIR.items() if variable not in found)
+        raise KaggleError(f"{file} has no {lacking}.\n" + NEW_KAGGLE_JSON.format(file=file))
+    raise KaggleError(NO_CREDENTIALS.format(url=f"https://www.kaggle.com/c/{COMPETITION}/data"))
+
+
+def _read_kaggle_json(path: Path, file: str) -> tuple[object, str | None]:
+    """kaggle.json's content, and what is wrong with it (None when it is a JSON object)."""
+    fix = "\n" + NEW_KAGGLE_JSON.format(file=file)
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        return None, f"{file} cannot be read ({e.strerror}): make it readable (chmod 600 {file}) or delete it."
+    if not text.strip():
+        return None, f"{file} is empty." + fix
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"{file} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}." + fix
+    except UnicodeDecodeError:
+        return None, f"{file} is not valid JSON: it is not UTF-8 text." + fix
+    if isinstance(data, dict):
+        return data, None
+    kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(data), "a number")
+    return data, f'{file} is not a JSON object but {kind}; it must be {{"username": "...", "key": "..."}}.' + fix
+
+
+def _shown(path: Path, home: Path) -> str:
+    """`path` as the user knows it: ~ for the home folder."""
+    try:
+        return "~/" + path.relative_to(home).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def kaggle_config_dir(env: dict, home: Path) -> Path:
@@ -145,8 +242,7 @@ def _is_network_error(error: BaseException) -> bool:
 def kaggle_api():
     """An authenticated `KaggleApi`, or a KaggleError that says how to get one."""
     load_colab_secrets()
-    if credential_source() is None:
-        raise KaggleError(NO_CREDENTIALS.format(url=f"https://www.kaggle.com/c/{COMPETITION}/data"))
+    check_credentials()  # before `import kaggle`, which prints its login help and exits on what it cannot use
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError as e:

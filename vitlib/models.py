@@ -8,11 +8,8 @@ values are first projected along the sequence from n to k.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
-import pandas as pd
 import torch
 from linformer import Linformer
 from torch import nn
@@ -34,6 +31,25 @@ class ModelConfig:
     pos_init_std: float | None = None  # None keeps vit-pytorch's N(0, 1) position embedding
     kv_init: str = "uniform"  # Linformer's E, F: "uniform" (linformer's own) or "identity" (see build_model)
     num_classes: int = 2
+
+    def __post_init__(self):
+        """Refuse, in one line, a geometry or option build_model could not honour."""
+        for name in ("image_size", "patch_size", "dim", "depth", "heads", "k", "num_classes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model {name} must be a whole number >= 1, not {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        for name, allowed in (("attention", ("linformer", "full")), ("pool", ("cls", "mean")),
+                              ("kv_init", ("uniform", "identity"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), not {self.dropout!r}")
+        if self.pos_init_std is not None and not self.pos_init_std > 0:
+            raise ValueError(f"pos_init_std must be None or > 0, not {self.pos_init_std!r}")
 
     @property
     def grid(self) -> int:
@@ -57,12 +73,11 @@ class ModelConfig:
         return replace(self, **changes)
 
 
-SEED = ModelConfig()  # the seed notebook's model: 224 px, patch 32, dim 128, depth 12, heads 8, k 64
+SEED_NOTEBOOK_MODEL = ModelConfig()  # the seed notebook's model: 224 px, patch 32, dim 128, depth 12, heads 8, k 64
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.image_size % cfg.patch_size:
-        raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+    """The network `cfg` describes, initialised (seed torch first for the same weights every time)."""
     if cfg.attention == "linformer":
         transformer = Linformer(
             dim=cfg.dim, seq_len=cfg.seq_len, depth=cfg.depth, heads=cfg.heads, k=cfg.k, dropout=cfg.dropout
@@ -75,7 +90,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             transformer=transformer,
             pool=cfg.pool,
         )
-    elif cfg.attention == "full":
+    else:  # "full"
         model = FullViT(
             image_size=cfg.image_size,
             patch_size=cfg.patch_size,
@@ -88,10 +103,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             pool=cfg.pool,
             dropout=cfg.dropout,
         )
-    else:
-        raise ValueError(f"attention must be 'linformer' or 'full', not {cfg.attention!r}")
-    if cfg.kv_init not in ("uniform", "identity"):
-        raise ValueError(f"kv_init must be 'uniform' or 'identity', not {cfg.kv_init!r}")
     if cfg.attention == "linformer" and cfg.kv_init == "identity":  # full attention has no E and F
         init_identity_projections(model)
     if cfg.pos_init_std is not None:
@@ -126,84 +137,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
-    """A model from a vitlib checkpoint (trusted or not: weights_only=True), and its metadata."""
-    from .train import load_checkpoint
-
-    return _from_checkpoint(load_checkpoint(path, device), device)
-
-
-def _from_checkpoint(ckpt: dict, device) -> tuple[nn.Module, dict]:
-    model = build_model(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
-    return model.to(device).eval(), meta
-
-
 def config_dict(cfg: ModelConfig) -> dict:
     return asdict(cfg)
 
 
-PRETRAINED = {
-    "linformer": Path(__file__).parent / "pretrained" / "vit-linformer-cpu.pt",
-    "full": Path(__file__).parent / "pretrained" / "vit-full-cpu.pt",
-}
-
-
-def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple[nn.Module, dict]:
-    """A trained model to look at: `path`, else your own best real-photo run, else the committed one.
-
-    Your own: the newest `runs/*/best.pt` of that attention kind trained on real photos (notebook
-    04 writes one). The committed checkpoints (vitlib/pretrained/) were written by vitlib's own
-    training code; meta["provenance"] says with what command, data and result.
-    """
-    from .train import CheckpointError, load_checkpoint, runs_dir
-
-    ckpt = None
-    if path is None:
-        path = PRETRAINED[attention]
-        for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
-            try:
-                candidate = load_checkpoint(own)
-            except CheckpointError as e:
-                warnings.warn(f"Skipped {e}", stacklevel=2)
-                continue
-            if candidate["model_config"]["attention"] == attention and not candidate["data"].startswith("SYNTHETIC"):
-                path, ckpt = own, candidate
-                break
-    model, meta = _from_checkpoint(ckpt, device) if ckpt else load_model(path, device)
-    meta["source"] = (
-        "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
-    )
-    return model, meta
-
-
-def describe(model: nn.Module, meta: dict | None = None) -> str:
-    """The architecture, its geometry and size; given a checkpoint's meta, also where its weights come from."""
+def describe(model: nn.Module) -> str:
+    """The architecture in one line: its kind, geometry and size."""
     cfg = model.config
     kind = (
         f"efficient ViT + Linformer (k = {cfg.k})" if cfg.attention == "linformer" else "standard ViT (full attention)"
     )
-    line = (
+    return (
         f"{kind}: {cfg.image_size} px, patch {cfg.patch_size} -> {cfg.grid}x{cfg.grid} patches + CLS = "
         f"{cfg.seq_len} tokens, dim {cfg.dim} = {cfg.heads} heads x {cfg.dim // cfg.heads}, depth {cfg.depth}, "
         f"{count_parameters(model) / 1e6:.2f}M parameters"
     )
-    if meta:
-        row = checkpoint_epoch(meta)
-        line += f"\n{meta.get('source', 'checkpoint')}: trained on {meta['data']}"
-        if row is not None:
-            line += (
-                f"; weights of epoch {int(row['epoch'])} of {len(meta['history']['epoch'])}: validation accuracy "
-                f"{row['val_acc']:.4f}, log loss {row['val_loss']:.4f}"
-            )
-    return line
-
-
-def checkpoint_epoch(meta: dict) -> dict | None:
-    """The history row of the epoch a checkpoint's weights come from (None if it has no history)."""
-    if not meta.get("history"):
-        return None
-    history = pd.DataFrame(meta["history"])
-    row = history[history["epoch"] == meta.get("epoch", history["epoch"].iloc[-1])]
-    return row.iloc[0].to_dict() if len(row) else None

@@ -8,12 +8,19 @@ learning rate stayed 3e-5). `cpu` is what a 2-core laptop can train in about 15 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
+import torch
 
 from .augment import AugmentConfig
-from .models import SEED, ModelConfig
+from .data import SPLIT_SEED, VAL_FRACTION, DogsVsCats
+from .models import SEED_NOTEBOOK_MODEL, ModelConfig
+
+
+class PresetError(ValueError):
+    """A recipe setting out of its range; the one-line message names the setting and the range."""
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,32 @@ class Preset:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     grad_clip: float | None = 1.0
     tta: bool = True  # average the prediction of the image and its mirror image
-    val_fraction: float = 0.2
-    split_seed: int = 42  # the split is fixed by this, whatever the training seed
+    val_fraction: float = VAL_FRACTION
+    split_seed: int = SPLIT_SEED  # the split is fixed by this, whatever the training seed
     seed: int = 0
+
+    def __post_init__(self):
+        """Refuse a setting out of range here, where every preset is made, before anything is written."""
+        for name in ("epochs", "batch_size"):
+            _check(name, getattr(self, name), _whole(getattr(self, name)) and getattr(self, name) >= 1,
+                   "a whole number >= 1")
+        for name in ("seed", "split_seed"):
+            _check(name, getattr(self, name), _whole(getattr(self, name)) and getattr(self, name) >= 0,
+                   "a whole number >= 0")
+        _check("lr", self.lr, _number(self.lr) and self.lr > 0, "a number > 0 (e.g. 1e-3)")
+        for name in ("weight_decay", "warmup_epochs"):
+            _check(name, getattr(self, name), _number(getattr(self, name)) and getattr(self, name) >= 0,
+                   "a number >= 0")
+        _check("label_smoothing", self.label_smoothing, _number(self.label_smoothing)
+               and 0 <= self.label_smoothing < 1, "a number in [0, 1)")
+        _check("val_fraction", self.val_fraction, _number(self.val_fraction) and 0 < self.val_fraction < 1,
+               "a number in (0, 1)")
+        _check("grad_clip", self.grad_clip, self.grad_clip is None or _number(self.grad_clip) and self.grad_clip > 0,
+               "None or a number > 0")
+        _check("optimizer", self.optimizer, self.optimizer in ("adam", "adamw"), "'adam' or 'adamw'")
+        _check("schedule", self.schedule, self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
+        _check("model", self.model, isinstance(self.model, ModelConfig), "a ModelConfig")
+        _check("augment", self.augment, isinstance(self.augment, AugmentConfig), "an AugmentConfig")
 
     def replace(self, **changes) -> Preset:
         return replace(self, **changes)
@@ -50,6 +80,19 @@ class Preset:
         aug["scale"], aug["ratio"] = tuple(aug["scale"]), tuple(aug["ratio"])
         d["augment"] = AugmentConfig(**aug)
         return cls(**d)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise PresetError(f"{name} must be {allowed}, not {value!r}")
 
 
 PRESETS = {
@@ -71,7 +114,7 @@ PRESETS = {
     "seed": Preset(
         name="seed",
         about="the seed notebook's recipe as it ran: Adam 3e-5 constant, batch 64, 20 epochs",
-        model=SEED,
+        model=SEED_NOTEBOOK_MODEL,
         epochs=20, batch_size=64, lr=3e-5, optimizer="adam", weight_decay=0.0, warmup_epochs=0.0,
         schedule="constant", label_smoothing=0.0, grad_clip=None, tta=False, seed=42,
         augment=AugmentConfig(scale=(0.08, 1.0)),
@@ -94,11 +137,22 @@ PRESETS["cpu-full"] = PRESETS["cpu"].replace(
 
 
 def get_preset(name: str, **changes) -> Preset:
+    """The preset `name`, with `changes` (e.g. epochs=5) applied and checked; a PresetError names a bad one."""
     try:
         preset = PRESETS[name]
     except KeyError:
-        raise KeyError(f"No preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise PresetError(f"no preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    unknown = sorted(set(changes) - set(preset.to_dict()))
+    if unknown:
+        raise PresetError(f"a preset has no setting {unknown[0]!r}; its settings: {', '.join(preset.to_dict())}")
     return preset.replace(**changes) if changes else preset
+
+
+def choose_preset(ds: DogsVsCats, device: torch.device) -> Preset:
+    """The automatic choice: `sample` for the synthetic sample, `gpu` on a CUDA GPU, else `cpu`."""
+    if ds.synthetic:
+        return PRESETS["sample"]
+    return PRESETS["gpu" if device.type == "cuda" else "cpu"]
 
 
 def compare(*names: str) -> pd.DataFrame:

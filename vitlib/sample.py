@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data import SAMPLE_STAMP, atomic_path
+from .files import atomic_path, write_atomic
 
+SAMPLE_STAMP = "sample.json"  # written by write_sample: marks a folder as the synthetic sample, however reached
 VERSION = 1
 N_TRAIN = 500  # 250 cats, 250 dogs
 N_TEST = 100
@@ -96,8 +97,8 @@ def write_sample(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, see
     _write_zip(folder / "train.zip", train)
     _write_zip(folder / "test.zip", test)
     rows = "".join(f"{i + 1},0.5\n" for i in range(n_test))
-    (folder / "sample_submission.csv").write_text("id,label\n" + rows)
-    (folder / "test_labels.csv").write_text(
-        "id,label\n" + "".join(f"{i + 1},{lab}\n" for i, lab in enumerate(test_labels)))
-    stamp.write_text(json.dumps(meta))
+    write_atomic(folder / "sample_submission.csv", "id,label\n" + rows)
+    labels = "".join(f"{i + 1},{lab}\n" for i, lab in enumerate(test_labels))
+    write_atomic(folder / "test_labels.csv", "id,label\n" + labels)
+    write_atomic(stamp, json.dumps(meta))  # last: only a complete sample is stamped
     return folder

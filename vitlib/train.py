@@ -1,5 +1,7 @@
-"""Training: device and precision, the loop, history, atomic checkpoints and resume.
+"""Training: the data it needs, the optimiser and schedule, one step, one epoch, and `fit`.
 
+`fit` reads as its phases: claim the run folder (one writer at a time), see what it holds already,
+build the model and optimiser, resume, run the epochs (saving after each), and return the run.
 Every epoch draws its randomness (shuffle, crops, flips, mixes) from generators seeded by
 (seed, epoch), so a run resumed from a checkpoint continues exactly as if never interrupted.
 """
@@ -7,10 +9,7 @@ Every epoch draws its randomness (shuffle, crops, flips, mixes) from generators 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,105 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, metrics
+from . import device as devices
+from . import metrics
 from .augment import BatchAugment, normalize
-from .cache import ImageCache, build_cache, progress_bars
-from .data import DogsVsCats, atomic_path, index_images, prepare_data, project_dir, split_train_val, write_atomic
-from .models import build_model, checkpoint_epoch, config_dict, load_model
+from .cache import ImageCache, build_cache
+from .checkpoints import load_checkpoint, load_model, save_checkpoint, training_state
+from .data import DogsVsCats, validation_split
+from .files import exclusive, progress_bars, remove_stale_temporaries, runs_dir, write_atomic
+from .models import build_model
 from .presets import Preset
-
-RUNS_ENV = "VITLIB_RUNS_DIR"
 
 
 class RunExistsError(FileExistsError):
     """The run folder holds a run that this call must not continue or overwrite."""
-
-
-CHECKPOINT_FORMAT = 1
-
-
-def runs_dir() -> Path:
-    return Path(os.environ.get(RUNS_ENV) or project_dir("runs")).expanduser()
-
-
-# ---------------------------------------------------------------------------------------------
-# Device and precision
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """The given device, else CUDA, else Apple's MPS, else the CPU."""
-    if name:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-@functools.cache
-def cpu_supports_bf16() -> bool:
-    """bf16 is fast on CPUs with AVX512-BF16 or AMX (Xeon since Cooper/Sapphire Rapids); slow elsewhere."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on Ampere-or-later GPUs and bf16-capable CPUs, fp16 (with a grad scaler) on older GPUs.
-
-    The GPU test is the compute capability (8.0 = Ampere): `torch.cuda.is_bf16_supported()` also
-    says yes on a T4, where bf16 is emulated and slow.
-    """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device):
-    """The device's mixed-precision context, or none at all (older torch has no MPS autocast, even disabled)."""
-    amp = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a host clock measures it (CUDA and MPS are asynchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def device_name(device: torch.device, threads: int | None = None) -> str:
-    """The device in words; for a CPU with its thread count (torch's current one unless given)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    elif device.type == "cpu":
-        threads = threads or torch.get_num_threads()
-        name = f"{cpu_name()}, {threads} thread{'s' if threads > 1 else ''}"
-    else:
-        name = device.type
-    return f"{device.type} ({name})"
-
-
-def describe_device(device: torch.device) -> str:
-    """The device in words and the precision training uses on it."""
-    amp = autocast_dtype(device)
-    return f"{device_name(device)}, {str(amp).removeprefix('torch.') + ' autocast' if amp else 'fp32'}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,24 +43,28 @@ def describe_device(device: torch.device) -> str:
 
 @dataclass
 class TrainData:
+    """The fixed split of one data set, cached at one resolution, on the device training will use."""
+
     train: ImageCache
     val: ImageCache
-    source: str
-    setup_s: float
+    data_id: dict  # DogsVsCats.identity: what code compares
+    source: str  # DogsVsCats.describe(): what people read
+    device: torch.device
+    setup_s: float  # seconds it took to build or load the cache
 
 
-def prepare_training_data(ds: DogsVsCats, preset: Preset, device: torch.device,
-                          cache_dir: Path | None = None) -> TrainData:
-    """The fixed split of `ds`, cached at the preset's resolution (in `cache_dir`, default data/cache),
-    on `device` when it fits."""
+def prepare_training_data(ds: DogsVsCats, preset: Preset, device=None, cache_dir: Path | None = None) -> TrainData:
+    """The validation split of `ds` for `preset`, cached at its resolution (in `cache_dir`, default
+    data/cache), on `device` (default: the best there is) when it fits there."""
+    device = devices.pick_device(device)
     start = time.perf_counter()
-    index = split_train_val(index_images(ds), preset.val_fraction, preset.split_seed)
+    index = validation_split(ds, preset)
     cache = build_cache(ds, index, preset.model.image_size, cache_dir=cache_dir)
     on = device if _fits(cache, device) else torch.device("cpu")
     train = cache.select(index.loc[index["split"] == "train", "file"])
     val = cache.select(index.loc[index["split"] == "val", "file"])
     del cache  # the two parts are copies: free the whole before moving them
-    return TrainData(train.to(on), val.to(on), ds.describe(), time.perf_counter() - start)
+    return TrainData(train.to(on), val.to(on), ds.identity, ds.describe(), device, time.perf_counter() - start)
 
 
 def _fits(cache: ImageCache, device: torch.device) -> bool:
@@ -218,7 +135,7 @@ def predict_proba(
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device, non_blocking=True))
-        with autocast(device):
+        with devices.autocast(device):
             p = model(x).float().softmax(-1)[:, 1]
             if tta:
                 p = (p + model(x.flip(-1)).float().softmax(-1)[:, 1]) / 2
@@ -235,7 +152,7 @@ def train_step(model, x, target, opt, scaler, preset: Preset, device: torch.devi
     """One optimiser step as training takes it: the forward pass in the device's mixed precision,
     cross-entropy with label smoothing, a (scaled) backward pass, gradient clipping, the step.
     Returns the logits and the loss."""
-    with autocast(device) if mixed_precision else contextlib.nullcontext():
+    with devices.autocast(device) if mixed_precision else contextlib.nullcontext():
         logits = model(x)
     loss = F.cross_entropy(logits.float(), target, label_smoothing=preset.label_smoothing)
     opt.zero_grad(set_to_none=True)
@@ -250,7 +167,8 @@ def train_step(model, x, target, opt, scaler, preset: Preset, device: torch.devi
 
 def make_scaler(device: torch.device, mixed_precision: bool = True) -> torch.amp.GradScaler:
     """fp16 needs its gradients scaled (small ones would underflow); bf16 and fp32 do not."""
-    return torch.amp.GradScaler(device.type, enabled=mixed_precision and autocast_dtype(device) == torch.float16)
+    fp16 = devices.autocast_dtype(device) == torch.float16
+    return torch.amp.GradScaler(device.type, enabled=mixed_precision and fp16)
 
 
 def train_one_epoch(
@@ -288,7 +206,7 @@ def train_one_epoch(
         loss_sum += loss.detach() * len(y)
         hard = target.argmax(-1) if target.ndim == 2 else target
         correct += (logits.argmax(-1) == hard).sum()
-    synchronize(device)
+    devices.synchronize(device)
     seconds = time.perf_counter() - start
     seen = steps * preset.batch_size
     train_loss = loss_sum.item() / seen
@@ -307,37 +225,46 @@ def train_one_epoch(
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
+# The run folder: one writer, and what it holds already
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def default_run_dir(preset: Preset, data_id: dict) -> Path:
+    """runs/<preset>-<data name>."""
+    return runs_dir() / f"{preset.name}-{data_id['name']}"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; the message says which and what to do."""
+def claim_run(run_dir: Path):
+    """Hold `run_dir` for this process while the block runs; refused at once (BusyError) if another holds it.
+
+    The lock sits beside the folder (`.<name>.lock`); the operating system drops it when its process
+    ends, however it ends, so a killed run never blocks the next one. Reentrant within a process.
+    """
+    run_dir = Path(run_dir)
+    return exclusive(run_dir.parent / f".{run_dir.name}.lock",
+                     f"another process is training into {run_dir.name}/ right now; wait for it to finish, or "
+                     "choose another run folder. Nothing was written.")
 
 
-def load_checkpoint(path: Path, device="cpu") -> dict:
-    """A vitlib checkpoint, loaded with weights_only=True (no code from the file runs)."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # truncated, not a checkpoint, or holding objects weights_only refuses
-        raise CheckpointError(
-            f"Cannot read {Path(path).name} in {Path(path).parent.name}/ ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). It is damaged or not a vitlib checkpoint; move it "
-            "away (or choose another run_dir) and train again."
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{Path(path).name} is not a vitlib checkpoint.")
-    if ckpt.get("format", CHECKPOINT_FORMAT) > CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{Path(path).name} was written by a newer vitlib (format {ckpt['format']}); upgrade vitlib to read it."
-        )
+def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = True, device="cpu") -> dict | None:
+    """The last checkpoint of `run_dir` to continue from (None for a fresh run), or a RunExistsError when
+    the folder holds a run this call must not touch: any run when `resume` is off, another recipe's, or
+    one trained on other data. Temporary files a killed run left there are removed."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        remove_stale_temporaries(run_dir)
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    ckpt = load_checkpoint(last, device)
+    if not resume:
+        raise RunExistsError(f"{run_dir} already holds a run; resume it (resume=True) or choose another "
+                             "run_dir. Nothing was overwritten.")
+    if ckpt["preset"] != preset.to_dict():
+        raise RunExistsError(f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
+                             "choose another run_dir. Nothing was overwritten.")
+    if ckpt["data_id"] != dict(data_id):
+        raise RunExistsError(f"{run_dir} holds a run trained on other data ({ckpt['data']}); choose another "
+                             "run_dir. Nothing was overwritten.")
     return ckpt
 
 
@@ -363,105 +290,83 @@ class Run:
         return pd.DataFrame({"file": self.data.val.files, "label": self.data.val.labels.cpu().numpy(), "p_dog": p})
 
 
-def fit(
-    preset: Preset,
-    ds: DogsVsCats | None = None,
-    run_dir: Path | None = None,
-    resume: bool = True,
-    device: str | torch.device | None = None,
-    progress: bool | None = None,
-    stop_when=None,
-    cache_dir: Path | None = None,
-    data: TrainData | None = None,
-) -> Run:
-    """Train `preset` on `ds`, writing history.csv, last.pt and best.pt into `run_dir`.
+def fit(preset: Preset, data: TrainData, run_dir: Path | None = None, resume: bool = True,
+        progress: bool | None = None, stop_when=None) -> Run:
+    """Train `preset` on `data` (from prepare_training_data), writing history.csv, last.pt and best.pt
+    into `run_dir` (default runs/<preset>-<data>).
 
-    With `resume` (the default) a run_dir holding a checkpoint of the same preset continues from
-    its last completed epoch; a finished run just returns. A checkpoint of another preset is
-    refused rather than overwritten. `stop_when(row)`, given each epoch's history row, can end the
-    run early (the benchmark stops at the seed's accuracy). `cache_dir` says where the image cache
-    lives (default data/cache); `data`, from prepare_training_data, saves preparing it again.
+    With `resume` (the default) a run_dir holding a checkpoint of the same preset and data continues
+    from its last completed epoch; a finished run just returns. Another recipe's run, or a second
+    process training into the same folder, is refused rather than overwritten. `stop_when(row)`,
+    given each epoch's history row, can end the run early (the benchmark stops at the seed's accuracy).
     """
-    ds = ds or prepare_data()
     progress = progress_bars() if progress is None else progress
-    device = pick_device(device)
-    run_dir = Path(run_dir or runs_dir() / f"{preset.name}-{ds.name}")
-    print(f"device: {describe_device(device)}\ndata: {ds.describe()}\nrun: {preset.name} -> {run_dir.name}/")
+    device = data.device
+    run_dir = Path(run_dir or default_run_dir(preset, data.data_id))
+    if data.train.size != preset.model.image_size:
+        raise ValueError(f"`data` holds images at {data.train.size} px; {preset.name} trains at "
+                         f"{preset.model.image_size} px: prepare_training_data(ds, preset)")
+    steps = len(data.train) // preset.batch_size
+    if steps == 0:
+        raise ValueError(f"{len(data.train)} training images is less than one batch of {preset.batch_size}")
+    print(f"device: {devices.describe_device(device)}\ndata: {data.source}\nrun: {preset.name} -> {run_dir.name}/")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    ckpt = None
-    last = run_dir / "last.pt"
-    if last.is_file():  # checked before any caching: a refusal should be instant
-        ckpt = load_checkpoint(last, device)
-        if not resume:
-            raise RunExistsError(
-                f"{run_dir} already holds a run; resume it (resume=True) or choose another "
-                "run_dir. Nothing was overwritten."
-            )
-        if ckpt["preset"] != preset.to_dict():
-            raise RunExistsError(
-                f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
-                "choose another run_dir. Nothing was overwritten."
-            )
+    with claim_run(run_dir):
+        ckpt = resume_point(run_dir, preset, data.data_id, resume, device)
+        torch.manual_seed(preset.seed)
+        model = build_model(preset.model).to(device)
+        opt = make_optimizer(model, preset)
+        sched = make_scheduler(opt, preset, steps)
+        scaler = make_scaler(device)
+        rows = _restore(ckpt, model, opt, sched, scaler, preset) if ckpt else []
+        rows = _epochs(preset, data, run_dir, model, opt, sched, scaler, rows, progress, stop_when)
+    return Run(preset, run_dir, pd.DataFrame(rows), model, data, device)
 
-    if data is None:
-        data = prepare_training_data(ds, preset, device, cache_dir)
-    elif data.source != ds.describe() or data.train.size != preset.model.image_size:
-        raise ValueError(f"`data` holds {data.source} at {data.train.size} px; this run needs {ds.describe()} at "
-                         f"{preset.model.image_size} px: prepare_training_data(ds, preset, device)")
-    start = time.perf_counter() - data.setup_s  # the run's clock includes building or loading the cache
-    steps = len(data.train) // preset.batch_size
-    if steps == 0:
-        raise ValueError(f"{len(data.train)} training images is less than one batch of {preset.batch_size}")
-    torch.manual_seed(preset.seed)
-    model = build_model(preset.model).to(device)
-    opt = make_optimizer(model, preset)
-    sched = make_scheduler(opt, preset, steps)
-    scaler = make_scaler(device)
+
+def _restore(ckpt: dict, model, opt, sched, scaler, preset: Preset) -> list[dict]:
+    """Load a checkpoint's training state into the freshly built parts; return its history rows."""
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"] and scaler.is_enabled():  # a run may resume on a device of another precision
+        scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+    done = ckpt["epoch"]
+    print(f"resuming after epoch {done}" if done < preset.epochs else f"already trained: {done} epochs")
+    return pd.DataFrame(ckpt["history"]).to_dict("records")
+
+
+def _epochs(preset, data: TrainData, run_dir: Path, model, opt, sched, scaler, rows: list[dict], progress: bool,
+            stop_when) -> list[dict]:
+    """The epoch loop from after the last row of `rows`: train, validate, save; each epoch's row appended."""
+    device = data.device
     augment = BatchAugment(preset.augment, preset.model.num_classes)
-    rows, first = [], 1
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"] and scaler.is_enabled():  # a run may resume on a device of another precision
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        rows, first = pd.DataFrame(ckpt["history"]).to_dict("records"), ckpt["epoch"] + 1
-        print(
-            f"resuming after epoch {ckpt['epoch']}"
-            if first <= preset.epochs
-            else f"already trained: {ckpt['epoch']} epochs"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter() - data.setup_s  # the run's clock includes building or loading the cache
     offset = rows[-1]["elapsed_s"] if rows else 0.0
     best = min((r["val_loss"] for r in rows), default=float("inf"))
-
+    last = run_dir / "last.pt"
+    first = int(rows[-1]["epoch"]) + 1 if rows else 1
     epoch = first - 1
     try:
         for epoch in range(first, preset.epochs + 1):
-            row = {
-                "epoch": epoch,
-                **train_one_epoch(model, data.train, opt, sched, scaler, augment, preset, epoch, device, progress),
-            }
+            row = {"epoch": epoch,
+                   **train_one_epoch(model, data.train, opt, sched, scaler, augment, preset, epoch, device, progress)}
             t = time.perf_counter()
             p = predict_proba(model, data.val.images, tta=preset.tta, device=device)
             y = data.val.labels.cpu().numpy()
-            row.update(
-                val_loss=metrics.log_loss(y, p),
-                val_acc=metrics.accuracy(y, p),
-                eval_s=time.perf_counter() - t,
-                elapsed_s=offset + time.perf_counter() - start,
-            )
+            row.update(val_loss=metrics.log_loss(y, p), val_acc=metrics.accuracy(y, p), eval_s=time.perf_counter() - t,
+                       elapsed_s=offset + time.perf_counter() - start)
             rows.append(row)
-            print(
-                f"epoch {epoch:3d}/{preset.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
-                f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['epoch_s']:.1f}s "
-                f"{row['images_per_s']:.0f} img/s"
-            )
-            state = _state(preset, model, opt, sched, scaler, epoch, rows, ds, device)
+            print(f"epoch {epoch:3d}/{preset.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                  f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['epoch_s']:.1f}s "
+                  f"{row['images_per_s']:.0f} img/s")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            state = training_state(preset=preset, model=model, optimizer=opt, scheduler=sched, scaler=scaler,
+                                   epoch=epoch, history=rows, data_id=data.data_id, data=data.source,
+                                   device=devices.describe_device(device))
             if row["val_loss"] < best:  # best.pt first: a crash before last.pt only repeats this epoch
                 best = row["val_loss"]
                 save_checkpoint(run_dir / "best.pt", state)
@@ -470,107 +375,7 @@ def fit(
             if stop_when is not None and stop_when(row):
                 break
     except KeyboardInterrupt:
-        print(
-            f"\nInterrupted during epoch {epoch}; {last.name} holds epoch {epoch - 1}. "
-            "Run the same call again to resume."
-        )
+        print(f"\nInterrupted during epoch {epoch}; {last.name} holds epoch {epoch - 1}. "
+              "Run the same call again to resume.")
         raise
-    return Run(preset, run_dir, pd.DataFrame(rows), model, data, device)
-
-
-def _state(preset, model, opt, sched, scaler, epoch, rows, ds, device) -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "vitlib": __version__,
-        "epoch": epoch,
-        "preset": preset.to_dict(),
-        "model_config": config_dict(preset.model),
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng,
-        "history": pd.DataFrame(rows).to_dict("list"),
-        "data": ds.describe(),
-        "device": describe_device(device),
-    }
-
-
-def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
-    """Write the best weights of a run as a small fp16 checkpoint, with its provenance beside it (JSON).
-
-    The weights come from best.pt, the history (the whole run's) from last.pt.
-    """
-    import json
-    import subprocess
-
-    ckpt = load_checkpoint(Path(run_dir) / "best.pt")
-    history = pd.DataFrame(load_checkpoint(Path(run_dir) / "last.pt")["history"])
-    best = checkpoint_epoch({"history": history.to_dict("list"), "epoch": ckpt["epoch"]})
-    if best is None:
-        raise CheckpointError(f"best.pt is from epoch {ckpt['epoch']}, which last.pt's history lacks: resume the run "
-                              "so that last.pt catches up, then export again.")
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-            ).stdout.strip()
-            or None
-        )
-    except OSError:
-        commit = None
-    provenance = {
-        "command": command,
-        "data": ckpt["data"],
-        "device": ckpt["device"],
-        "preset": ckpt["preset"]["name"],
-        "epoch": int(best["epoch"]),
-        "epochs": int(history["epoch"].max()),
-        "val_acc": round(float(best["val_acc"]), 4),
-        "val_log_loss": round(float(best["val_loss"]), 4),
-        "minutes_to_best": round(float(best["elapsed_s"]) / 60, 1),
-        "minutes_in_all": round(float(history["elapsed_s"].iloc[-1]) / 60, 1),
-        "vitlib": ckpt["vitlib"],
-        "git_commit": commit,
-    }
-    slim = {
-        "epoch": ckpt["epoch"],
-        "model_config": ckpt["model_config"],
-        "preset": ckpt["preset"],
-        "data": ckpt["data"],
-        "device": ckpt["device"],
-        "history": history.to_dict("list"),
-        "provenance": provenance,
-        "model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
-    }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, slim)
-    write_atomic(out.with_suffix(".json"), json.dumps(provenance, indent=2) + "\n")
-    return provenance
-
-
-REFERENCE_RUNS = Path(__file__).parent / "pretrained" / "reference-runs.csv"
-
-
-def reference_runs() -> pd.DataFrame:
-    """Histories of the reference runs that ship with vitlib (one row per epoch, `run` names the run)."""
-    if not REFERENCE_RUNS.is_file():
-        return pd.DataFrame(columns=["run", "device", "data", "epoch", "val_acc", "val_loss", "epoch_s", "elapsed_s"])
-    return pd.read_csv(REFERENCE_RUNS)
-
-
-def add_reference_run(name: str, run_dir: Path) -> pd.DataFrame:
-    """Record a finished run's history (with its device and data) as reference run `name`."""
-    ckpt = load_checkpoint(Path(run_dir) / "last.pt")
-    history = pd.DataFrame(ckpt["history"]).assign(run=name, device=ckpt["device"], data=ckpt["data"])
-    runs = reference_runs()
-    runs = pd.concat([runs[runs["run"] != name], history], ignore_index=True) if len(runs) else history
-    first = ["run", "device", "data", "epoch"]
-    runs = runs[first + [c for c in runs.columns if c not in first]]
-    REFERENCE_RUNS.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(REFERENCE_RUNS, runs.to_csv(index=False))
-    return runs
+    return rows

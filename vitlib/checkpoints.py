@@ -1,0 +1,290 @@
+"""The checkpoint: its layout, saving and loading it, the model in it, and where trained ones are found.
+
+A checkpoint is a dict saved with torch.save and read with `weights_only=True` (no code in the
+file runs). Its keys:
+
+    format        CHECKPOINT_FORMAT of the vitlib that wrote it
+    vitlib        that vitlib's version
+    epoch         the epoch the weights come from
+    preset        Preset.to_dict(): the recipe, which also fixes the validation split
+    model_config  ModelConfig as a dict: what build_model needs to rebuild the network
+    model         the weights (state_dict)
+    optimizer, scheduler, scaler, rng      training state, for an exact resume (absent when exported)
+    history       every epoch's metrics so far, as {column: [values]}
+    data_id       {"kind", "name"}: the data it was trained on (DogsVsCats.identity); what code compares
+    data          the same in words (DogsVsCats.describe()): what people read
+    device        the device and precision it was trained on, in words
+    provenance    exported checkpoints only: the command, data and result that produced it
+
+Every failure to read one is a CheckpointError whose one-line message says which file and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import __version__
+from .files import atomic_path, runs_dir, write_atomic
+from .models import ModelConfig, build_model, config_dict, count_parameters
+from .models import describe as describe_model
+
+CHECKPOINT_FORMAT = 2  # 2: data_id added
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+PRETRAINED = {
+    "linformer": PRETRAINED_DIR / "vit-linformer-cpu.pt",
+    "full": PRETRAINED_DIR / "vit-full-cpu.pt",
+}
+REFERENCE_RUNS = PRETRAINED_DIR / "reference-runs.csv"
+_TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or used; the message says which file and what to do."""
+
+
+def _shown(path: Path) -> str:
+    path = Path(path)
+    return f"{path.name} in {path.parent.name}/" if path.parent.name else path.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def training_state(*, preset, model, optimizer, scheduler, scaler, epoch: int, history: list[dict], data_id: dict,
+                   data: str, device: str) -> dict:
+    """The checkpoint `fit` writes after each epoch (see the module's docstring for the keys)."""
+    rng = {"torch": torch.get_rng_state()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "vitlib": __version__,
+        "epoch": epoch,
+        "preset": preset.to_dict(),
+        "model_config": config_dict(preset.model),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng,
+        "history": pd.DataFrame(history).to_dict("list"),
+        "data_id": dict(data_id),
+        "data": data,
+        "device": device,
+    }
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temporary file, then rename: a crash or a full disk never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    """A vitlib checkpoint, loaded with weights_only=True (no code from the file runs), or a CheckpointError."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{_shown(path)} is empty (0 bytes): a run killed while writing it, or a full disk. "
+                              "Delete it and train again (or resume from last.pt).")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated, not a checkpoint, or holding objects weights_only refuses
+        first = next(iter(str(e).splitlines()), "").strip()[:200]
+        raise CheckpointError(
+            f"Cannot read {_shown(path)} ({type(e).__name__}{': ' + first if first else ''}). It is damaged or "
+            "not a vitlib checkpoint; move it away (or choose another run_dir) and train again."
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{_shown(path)} is not a vitlib checkpoint (it holds a {type(ckpt).__name__}).")
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(
+            f"{_shown(path)} holds bare weights (a state_dict of {len(ckpt)} tensors) without the model_config "
+            "vitlib needs to rebuild the model: load it into a model you build yourself, or use a checkpoint "
+            "written by vitlib (best.pt, last.pt, or export_checkpoint)."
+        )
+    if ckpt.get("format", 1) > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{_shown(path)} was written by a newer vitlib (format {ckpt['format']}); upgrade vitlib to read it."
+        )
+    if "data_id" not in ckpt:
+        ckpt["data_id"] = _legacy_data_id(ckpt.get("data"))
+    return ckpt
+
+
+def _legacy_data_id(text: str | None) -> dict:
+    """The data identity of a format-1 checkpoint, which stored only the words of DogsVsCats.describe()."""
+    if not text:
+        return {"kind": "unknown", "name": "unknown"}
+    if text.startswith("SYNTHETIC"):
+        return {"kind": "sample", "name": "sample"}
+    kind = "kaggle" if "Kaggle download" in text else "local"
+    return {"kind": kind, "name": text.rsplit("'", 2)[-2] if text.count("'") >= 2 else text}
+
+
+def model_from_checkpoint(ckpt: dict, device="cpu", path: Path | None = None) -> tuple[nn.Module, dict]:
+    """The model a loaded checkpoint holds (in eval mode, on `device`), and the rest of it as metadata."""
+    where = _shown(path) if path else "the checkpoint"
+    missing = [key for key in ("model_config", "model") if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{where} is not a vitlib model checkpoint: it has no {' and no '.join(missing)} "
+                              f"(its keys: {', '.join(map(str, list(ckpt)[:8]))}).")
+    try:
+        cfg = ModelConfig(**ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} has a model_config this vitlib cannot build ({e}).") from None
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line or "Missing key" in line
+                       or "Unexpected key" in line), lines[-1] if lines else "")
+        raise CheckpointError(
+            f"{where}: its weights do not fit its model_config (the config builds a "
+            f"{count_parameters(model):,}-parameter {cfg.attention} ViT at {cfg.image_size} px, patch "
+            f"{cfg.patch_size}; {detail[:160]}). The file was edited or mixed up: use the checkpoint as training "
+            "wrote it."
+        ) from None
+    meta = {k: v for k, v in ckpt.items() if k not in _TRAINING_STATE}
+    return model.to(device).eval(), meta
+
+
+def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
+    """A model from a vitlib checkpoint (trusted or not: weights_only=True), and its metadata."""
+    return model_from_checkpoint(load_checkpoint(path, device), device, Path(path))
+
+
+def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple[nn.Module, dict]:
+    """A trained model to look at: `path`, else your own best real-photo run, else the committed one.
+
+    Your own: the newest `runs/*/best.pt` of that attention kind trained on real photos (notebook
+    04 writes one); an unreadable one is skipped with a warning. The committed checkpoints
+    (vitlib/pretrained/) were written by vitlib's own training code; meta["provenance"] says with
+    what command, data and result.
+    """
+    ckpt = None
+    if path is None:
+        path = PRETRAINED[attention]
+        for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+            try:
+                candidate = load_checkpoint(own)
+            except CheckpointError as e:
+                warnings.warn(f"Skipped {e}", stacklevel=2)
+                continue
+            if candidate["model_config"].get("attention") == attention and candidate["data_id"]["kind"] != "sample":
+                path, ckpt = own, candidate
+                break
+    model, meta = model_from_checkpoint(ckpt, device, path) if ckpt else load_model(path, device)
+    meta["source"] = (
+        "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
+    )
+    return model, meta
+
+
+def checkpoint_epoch(meta: dict) -> dict | None:
+    """The history row of the epoch a checkpoint's weights come from (None if it has no history)."""
+    if not meta.get("history"):
+        return None
+    history = pd.DataFrame(meta["history"])
+    row = history[history["epoch"] == meta.get("epoch", history["epoch"].iloc[-1])]
+    return row.iloc[0].to_dict() if len(row) else None
+
+
+def describe(model: nn.Module, meta: dict | None = None) -> str:
+    """The architecture, its geometry and size; given a checkpoint's meta, also where its weights come from."""
+    line = describe_model(model)
+    if meta:
+        row = checkpoint_epoch(meta)
+        line += f"\n{meta.get('source', 'checkpoint')}: trained on {meta['data']}"
+        if row is not None:
+            line += (
+                f"; weights of epoch {int(row['epoch'])} of {len(meta['history']['epoch'])}: validation accuracy "
+                f"{row['val_acc']:.4f}, log loss {row['val_loss']:.4f}"
+            )
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharing a run: a small export, and reference histories
+
+
+def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
+    """Write the best weights of a run as a small fp16 checkpoint, with its provenance beside it (JSON).
+
+    The weights come from best.pt, the history (the whole run's) from last.pt.
+    """
+    ckpt = load_checkpoint(Path(run_dir) / "best.pt")
+    history = pd.DataFrame(load_checkpoint(Path(run_dir) / "last.pt")["history"])
+    best = checkpoint_epoch({"history": history.to_dict("list"), "epoch": ckpt["epoch"]})
+    if best is None:
+        raise CheckpointError(f"best.pt is from epoch {ckpt['epoch']}, which last.pt's history lacks: resume the run "
+                              "so that last.pt catches up, then export again.")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        commit = None
+    provenance = {
+        "command": command,
+        "data": ckpt["data"],
+        "device": ckpt["device"],
+        "preset": ckpt["preset"]["name"],
+        "epoch": int(best["epoch"]),
+        "epochs": int(history["epoch"].max()),
+        "val_acc": round(float(best["val_acc"]), 4),
+        "val_log_loss": round(float(best["val_loss"]), 4),
+        "minutes_to_best": round(float(best["elapsed_s"]) / 60, 1),
+        "minutes_in_all": round(float(history["elapsed_s"].iloc[-1]) / 60, 1),
+        "vitlib": ckpt["vitlib"],
+        "git_commit": commit,
+    }
+    slim = {
+        "format": CHECKPOINT_FORMAT,
+        "vitlib": ckpt["vitlib"],
+        "epoch": ckpt["epoch"],
+        "model_config": ckpt["model_config"],
+        "preset": ckpt["preset"],
+        "data_id": ckpt["data_id"],
+        "data": ckpt["data"],
+        "device": ckpt["device"],
+        "history": history.to_dict("list"),
+        "provenance": provenance,
+        "model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, slim)
+    write_atomic(out.with_suffix(".json"), json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def reference_runs() -> pd.DataFrame:
+    """Histories of the reference runs that ship with vitlib (one row per epoch, `run` names the run)."""
+    if not REFERENCE_RUNS.is_file():
+        return pd.DataFrame(columns=["run", "device", "data", "epoch", "val_acc", "val_loss", "epoch_s", "elapsed_s"])
+    return pd.read_csv(REFERENCE_RUNS)
+
+
+def add_reference_run(name: str, run_dir: Path) -> pd.DataFrame:
+    """Record a finished run's history (with its device and data) as reference run `name`."""
+    ckpt = load_checkpoint(Path(run_dir) / "last.pt")
+    history = pd.DataFrame(ckpt["history"]).assign(run=name, device=ckpt["device"], data=ckpt["data"])
+    runs = reference_runs()
+    runs = pd.concat([runs[runs["run"] != name], history], ignore_index=True) if len(runs) else history
+    first = ["run", "device", "data", "epoch"]
+    runs = runs[first + [c for c in runs.columns if c not in first]]
+    REFERENCE_RUNS.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(REFERENCE_RUNS, runs.to_csv(index=False))
+    return runs

@@ -1,0 +1,173 @@
+"""Files and folders: where vitlib keeps things, the environment variables that move them, atomic
+writes, locks, and the progress-bar switch. Every other module writes through here.
+
+An atomic write goes to a temporary file beside its target and is renamed onto it when complete,
+so a reader sees the old file or the new one, never half of one. A full disk is reported in one
+line that names the folder, and the earlier file stays as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+DATA_ENV = "VITLIB_DATA"  # "auto" (default), "sample", "kaggle", or a path to a folder or zip
+DATA_DIR_ENV = "VITLIB_DATA_DIR"  # where downloads, extracted folders and caches go (default: the repo's data/)
+RUNS_ENV = "VITLIB_RUNS_DIR"  # where training runs go (default: the repo's runs/)
+PROGRESS_ENV = "VITLIB_PROGRESS"  # "0": no progress bars (headless runs, whose saved notebooks keep only the text)
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def project_dir(sub: str) -> Path:
+    """`<repo>/<sub>` in a source checkout, else `./<sub>` (Colab, pip installs)."""
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file() and (repo / "notebooks").is_dir():
+        return repo / sub
+    return Path.cwd() / sub
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or project_dir("data")).expanduser()
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_ENV) or project_dir("runs")).expanduser()
+
+
+def progress_bars() -> bool:
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk, said in one line
+
+
+class DiskFullError(OSError):
+    """No space left on a folder; nothing was written there, and earlier files are intact."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _NO_SPACE
+
+
+def disk_full(folder: Path, what: str) -> DiskFullError:
+    """The one-line error for a write that ran out of space in `folder`."""
+    return DiskFullError(
+        errno.ENOSPC,
+        f"no space left on {Path(folder).resolve()}: {what} was not written; earlier files there are intact. "
+        "Free some space and run again",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform that cannot tell: leave its file alone
+    return True
+
+
+def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary files (`.<name>.<pid>.tmp`) that killed processes left in `folder`."""
+    removed = []
+    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    for tmp in Path(folder).glob(pattern):
+        m = _TMP.match(tmp.name)
+        if m and (name is None or m["name"] == name) and not _alive(int(m["pid"])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside `path` to write to; renamed onto `path` if the block succeeds, removed if not.
+
+    The rename is atomic, so readers see the old file or the new one, never half of one, and a failed
+    write leaves neither half a file nor a stray temporary one. Temporary files of `path` left by a
+    killed process are removed first; a full disk raises DiskFullError.
+    """
+    path = Path(path)
+    if path.parent.is_dir():
+        remove_stale_temporaries(path.parent, path.name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise disk_full(path.parent, path.name) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks: one process at a time in a folder
+
+
+class BusyError(RuntimeError):
+    """Another process holds the lock of what this one wanted to write."""
+
+
+def lock(path: Path) -> FileLock:
+    """The process-wide lock of `path` (a file beside what it guards).
+
+    Reentrant within a process (the same object for the same path); held by the operating system for
+    the owning process only, so a killed process never leaves a lock that blocks the next run.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), is_singleton=True)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, busy: str):
+    """Hold the lock at `path` for the block, or raise BusyError(`busy`) at once if another process holds it."""
+    held = lock(path)
+    try:
+        held.acquire(timeout=0)
+    except Timeout:
+        raise BusyError(busy) from None
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+@contextlib.contextmanager
+def waiting(path: Path, waiting_for: str):
+    """Hold the lock at `path` for the block; while another process holds it, say so once and wait."""
+    held = lock(path)
+    try:
+        held.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for {waiting_for} (another process holds {Path(path).name}) ...", flush=True)
+        held.acquire()
+    try:
+        yield held
+    finally:
+        held.release()
