@@ -1,8 +1,13 @@
 """`python -m vitlib`: exit 0 when it worked, 2 with a one-line reason when the user can fix something."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -126,3 +131,150 @@ def test_a_damaged_checkpoint_exits_2_with_the_readable_message(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "best.pt" in err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad numbers and devices: refused in one line before anything is read or written
+
+BAD_ARGUMENTS = [  # argument, value, what the message must say: its name and the allowed range
+    ("--epochs", "0", ["epochs", ">= 1"]),
+    ("--epochs", "-1", ["epochs", ">= 1"]),
+    ("--batch-size", "0", ["batch_size", ">= 1"]),  # the preset's name for --batch-size
+    ("--batch-size", "-4", ["batch_size", ">= 1"]),
+    ("--lr", "-1", ["lr", "> 0"]),
+    ("--lr", "nan", ["lr", "> 0"]),
+    ("--lr", "0", ["lr", "> 0"]),
+    ("--seed", "-1", ["seed", ">= 0"]),
+    ("--device", "cuda", ["device 'cuda'", "not available", "cpu"]),  # run as if there were no GPU
+    ("--device", "banana", ["device 'banana'", "cpu"]),
+]
+
+
+@pytest.fixture
+def nothing_yet(monkeypatch, tmp_path):
+    """Empty data and runs folders for in-process runs of cli.main, on one thread."""
+    folders = {name: tmp_path / name for name in ("data", "runs", "home")}
+    for folder in folders.values():
+        folder.mkdir()
+    monkeypatch.setenv("VITLIB_DATA_DIR", str(folders["data"]))
+    monkeypatch.setenv("VITLIB_RUNS_DIR", str(folders["runs"]))
+    monkeypatch.setenv("HOME", str(folders["home"]))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield folders
+    torch.set_num_threads(threads)
+
+
+def written(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(("argument", "value", "says"), BAD_ARGUMENTS, ids=[f"{a}={v}" for a, v, _ in BAD_ARGUMENTS])
+def test_a_bad_train_argument_exits_2_with_one_line_naming_it_and_writes_nothing(argument, value, says, nothing_yet,
+                                                                                capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["train", "--preset", "sample", "--data", "sample", "--no-progress", "--device", "cpu", argument, value]
+    assert exit_code(args) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(words in err for words in says), err
+    assert "Traceback" not in err and out == ""
+    for name in ("data", "runs"):  # no sample written, no cache, no run folder, no lock
+        assert written(nothing_yet[name]) == [], name
+
+
+@pytest.mark.parametrize(("argument", "value"), [("--epochs", "0"), ("--batch-size", "-4"), ("--device", "banana")])
+def test_a_bad_train_argument_is_one_line_on_the_real_stderr(argument, value, env, tmp_path):
+    """The whole process, as a user runs it: exit 2, one line, no traceback, nothing written."""
+    folders = {name: tmp_path / name for name in ("data", "runs")}
+    for folder in folders.values():
+        folder.mkdir()
+    user = {**env, "VITLIB_DATA_DIR": str(folders["data"]), "VITLIB_RUNS_DIR": str(folders["runs"])}
+    out = run_module("train", "--preset", "sample", "--data", "sample", "--no-progress", "--device", "cpu",
+                     argument, value, env=user)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1, out.stderr
+    assert argument.removeprefix("--").replace("-", "_") in out.stderr and "Traceback" not in out.stderr
+    assert written(folders["data"]) == [] and written(folders["runs"]) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C: the run says where it stands, exits 130 without a traceback, and resumes
+
+
+class Running:
+    """`python -m vitlib ...` started in the background, its output read line by line as it comes."""
+
+    def __init__(self, args, env: dict):
+        self.proc = subprocess.Popen([sys.executable, "-m", "vitlib", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.out, self.err = [], []
+        self.readers = [threading.Thread(target=self._read, args=pair, daemon=True)
+                        for pair in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def wait_for(self, condition, what: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"no {what} (exit {self.proc.returncode}):\n{self.stdout}\n{self.stderr}")
+            time.sleep(0.05)
+
+    def interrupt(self) -> int:
+        """Ctrl-C: SIGINT to the process, as a terminal sends it; its exit status."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            self.stop()
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for reader in self.readers:
+            reader.join(timeout=10)
+
+
+def test_ctrl_c_during_training_exits_130_with_its_line_alone_and_the_run_resumes(downloaded, env, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "50", "--device", "cpu", "--no-progress",
+            "--run-dir", str(run_dir)]
+    child_env = {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # lines as they are printed; one core
+
+    first = Running(args, child_env)
+    first.wait_for(lambda: "epoch   1/50" in first.stdout, "first epoch line")
+    first.wait_for((run_dir / "history.csv").is_file, "history.csv of epoch 1")  # epoch 1 saved: now in epoch 2
+    assert first.interrupt() == 130, first.stderr
+    assert "Traceback" not in first.stderr and "KeyboardInterrupt" not in first.stderr, first.stderr
+    stopped = re.search(r"Interrupted during epoch (\d+); last\.pt holds epoch (\d+)\. Run the same call again",
+                        first.stdout)
+    assert stopped, first.stdout
+    during, held = map(int, stopped.groups())
+    assert during == held + 1 and held >= 1
+    assert checkpoints.load_checkpoint(run_dir / "last.pt")["epoch"] == held
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == list(range(1, held + 1))
+
+    again = Running(args, child_env)  # the same command resumes
+    again.wait_for(lambda: f"epoch {held + 1:3d}/50" in again.stdout, f"epoch {held + 1} after resuming")
+    assert again.interrupt() == 130, again.stderr
+    assert f"resuming after epoch {held}\n" in again.stdout
+    assert "epoch   1/50" not in again.stdout  # not trained from the start
+    assert "Traceback" not in again.stderr and "Interrupted during epoch" in again.stdout

@@ -33,6 +33,21 @@ def test_bad_configs_are_refused():
         models.build_model(models.ModelConfig(image_size=32, patch_size=8, kv_init="zeros"))
 
 
+BAD_CONFIGS = [
+    ("image_size", 0), ("patch_size", -8), ("dim", 64.0), ("depth", True), ("heads", "8"), ("k", 0),
+    ("num_classes", 0), ("pool", "max"), ("dropout", 1.0), ("dropout", -0.1), ("dropout", float("nan")),
+    ("dropout", "0.1"), ("pos_init_std", 0.0), ("pos_init_std", float("nan")), ("pos_init_std", float("inf")),
+    ("pos_init_std", "0.02"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_CONFIGS, ids=[f"{f}={v!r}" for f, v in BAD_CONFIGS])
+def test_each_bad_setting_is_refused_with_a_value_error_naming_it(field, value):
+    with pytest.raises(ValueError, match=field) as e:
+        models.ModelConfig(**{"image_size": 32, "patch_size": 8, field: value})
+    assert "\n" not in str(e.value)
+
+
 def test_pos_init_std_sets_a_small_position_embedding():
     torch.manual_seed(0)
     default = models.build_model(models.ModelConfig(image_size=32, patch_size=8, dim=64))
@@ -86,8 +101,29 @@ def test_committed_checkpoints_load_with_their_provenance():
         assert meta["data"].startswith("real photos")
 
 
-def test_kv_init_is_ignored_by_full_attention():  # refused for Linformer: test_bad_configs_are_refused
-    models.build_model(models.ModelConfig(image_size=32, patch_size=8, attention="full", kv_init="identity"))
+def test_kv_init_is_ignored_by_full_attention():
+    """Full attention has no E and F: kv_init="identity" builds exactly the weights "uniform" does."""
+    weights = {}
+    for kv_init in ("uniform", "identity"):
+        torch.manual_seed(0)
+        model = models.build_model(models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=4,
+                                                      attention="full", kv_init=kv_init))
+        assert not any(hasattr(m, "proj_k") for m in model.modules())
+        weights[kv_init] = model.state_dict()
+    assert weights["identity"].keys() == weights["uniform"].keys()
+    for name, w in weights["uniform"].items():
+        assert torch.equal(weights["identity"][name], w), name
+
+
+def test_kv_init_identity_changes_only_linformers_projections():
+    """The control for the test above: with Linformer the same seed gives other E and F, and nothing else."""
+    weights = {}
+    for kv_init in ("uniform", "identity"):
+        torch.manual_seed(0)
+        weights[kv_init] = models.build_model(models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=2,
+                                                                 heads=4, k=8, kv_init=kv_init)).state_dict()
+    differ = sorted(n for n, w in weights["uniform"].items() if not torch.equal(weights["identity"][n], w))
+    assert differ and all(n.endswith(("proj_k", "proj_v")) for n in differ)
 
 
 def test_load_trained_skips_an_unreadable_run_with_a_warning(tmp_path, monkeypatch):

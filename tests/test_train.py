@@ -1,4 +1,4 @@
-"""The training loop: metrics, atomic checkpoints, exact resume, refusing another recipe's run dir.
+"""The training loop: optimiser and schedule, atomic checkpoints, exact resume, refusing another recipe's run dir.
 
 Training runs on a tiny synthetic sample (64 images at 32 px, three steps an epoch) on one CPU thread.
 """
@@ -18,41 +18,6 @@ from vitlib.presets import Preset, get_preset
 
 EPOCHS = 4
 PRESET = get_preset("sample", epochs=EPOCHS)
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-def test_log_loss_is_the_mean_binary_cross_entropy_of_p_dog():
-    labels, p = [1, 0, 1, 0], [0.9, 0.2, 0.6, 0.5]
-    by_hand = -(np.log(0.9) + np.log(0.8) + np.log(0.6) + np.log(0.5)) / 4
-    assert metrics.log_loss(labels, p) == pytest.approx(by_hand, rel=1e-12)
-    assert metrics.log_loss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
-
-
-def test_log_loss_clips_as_kaggle_does():
-    """A confident wrong answer costs -ln(1e-15) = 34.5, not infinity."""
-    assert metrics.log_loss([1], [0.0]) == pytest.approx(-np.log(1e-15))
-    assert metrics.log_loss([0], [1.0]) == pytest.approx(-np.log(1 - (1 - 1e-15)))  # 1 - 1e-15 rounds in float64
-    assert metrics.log_loss([1, 0], [1.0, 0.0]) == pytest.approx(-np.log(1 - 1e-15), abs=1e-12)
-
-
-def test_accuracy_and_confusion_count_each_case():
-    labels = [0, 0, 0, 1, 1, 1, 1]
-    p_dog = [0.1, 0.7, 0.5, 0.9, 0.51, 0.2, 0.3]  # 0.5 is a cat: P(dog) must exceed one half
-    assert metrics.accuracy(labels, p_dog) == pytest.approx(4 / 7)
-    table = metrics.confusion(labels, p_dog)
-    assert table.loc["cat", "cat"] == 2 and table.loc["cat", "dog"] == 1
-    assert table.loc["dog", "cat"] == 2 and table.loc["dog", "dog"] == 2
-    assert table.index.name == "true" and table.columns.name == "predicted"
-    assert table.values.sum() == len(labels)
-
-
-def test_time_to_accuracy_is_the_first_epoch_at_the_target():
-    history = pd.DataFrame({"val_acc": [0.6, 0.7, 0.65, 0.8], "elapsed_s": [10.0, 20.0, 30.0, 40.0]})
-    assert metrics.time_to_accuracy(history, 0.7) == 20.0
-    assert metrics.time_to_accuracy(history, 0.9) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +90,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
     checkpoints.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
 
     def crash(obj, f, *args, **kwargs):
-        open(f, "wb").write(b"half a checkp")
+        f.write(b"half a checkp")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
@@ -245,7 +210,7 @@ def test_fit_refuses_data_prepared_for_another_resolution(tiny, tmp_path):
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     def crash(obj, f, *args, **kwargs):
-        open(f, "wb").write(b"half a checkp")
+        f.write(b"half a checkp")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

@@ -27,6 +27,18 @@ class AugmentConfig:
     mixup: float = 0.0  # MixUp alpha; 0 = off
     cutmix: float = 0.0  # CutMix alpha; 0 = off
 
+    def __post_init__(self):
+        """Refuse, in one line, a setting the augmentation could not honour."""
+        for name, (lo, hi) in (("scale", (0, 1)), ("ratio", (0, math.inf))):
+            a, b = getattr(self, name)
+            if not (lo < a <= b and b <= hi and math.isfinite(a)):
+                raise ValueError(f"augment {name} must be (low, high) with {lo} < low <= high"
+                                 f"{' <= 1' if hi == 1 else ''}, not {getattr(self, name)!r}")
+        for name in ("saturation", "mixup", "cutmix"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"augment {name} must be a number >= 0, not {value!r}")
+
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float in [-1, 1]."""

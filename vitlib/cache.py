@@ -146,8 +146,8 @@ def build_cache(
         "files": cache.files,
         "skipped": cache.skipped,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: a full disk is an OSError, one line
+        torch.save(state, f)
     return _report(cache)
 
 

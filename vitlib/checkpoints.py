@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import subprocess
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -81,9 +82,14 @@ def training_state(*, preset, model, optimizer, scheduler, scaler, epoch: int, h
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash or a full disk never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write to a temporary file, then rename: a crash or a full disk never leaves half a checkpoint.
+
+    Through a Python file: given a path, torch.save's C++ writer reports a full disk as a RuntimeError
+    ("unexpected pos ..."); a file object raises the OSError that says why, which atomic_path turns
+    into one line naming the folder.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +150,9 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path: Path | None = None) ->
         cfg = ModelConfig(**ckpt["model_config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} has a model_config this vitlib cannot build ({e}).") from None
+    if not isinstance(ckpt["model"], Mapping):
+        raise CheckpointError(f"{where} is not a vitlib model checkpoint: its model is a "
+                              f"{type(ckpt['model']).__name__}, not weights (a state_dict of tensors).")
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])
@@ -170,23 +179,27 @@ def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple
     """A trained model to look at: `path`, else your own best real-photo run, else the committed one.
 
     Your own: the newest `runs/*/best.pt` of that attention kind trained on real photos (notebook
-    04 writes one); an unreadable one is skipped with a warning. The committed checkpoints
+    04 writes one); one that cannot be read or built is skipped with a warning. The committed checkpoints
     (vitlib/pretrained/) were written by vitlib's own training code; meta["provenance"] says with
     what command, data and result.
     """
-    ckpt = None
+    found = None
     if path is None:
         path = PRETRAINED[attention]
         for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
                 candidate = load_checkpoint(own)
+                config = candidate.get("model_config")
+                if isinstance(config, dict) and (config.get("attention") != attention
+                                                 or candidate["data_id"].get("kind") == "sample"):
+                    continue  # another attention, or the sample: not what was asked for
+                found = model_from_checkpoint(candidate, device, own)  # a CheckpointError if it cannot be used
             except CheckpointError as e:
                 warnings.warn(f"Skipped {e}", stacklevel=2)
                 continue
-            if candidate["model_config"].get("attention") == attention and candidate["data_id"]["kind"] != "sample":
-                path, ckpt = own, candidate
-                break
-    model, meta = model_from_checkpoint(ckpt, device, path) if ckpt else load_model(path, device)
+            path = own
+            break
+    model, meta = found or load_model(path, device)
     meta["source"] = (
         "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
     )

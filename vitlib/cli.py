@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def _download(args) -> int:
 def _train(args) -> int:
     from .data import prepare_data
     from .device import pick_device
+    from .files import PROGRESS_ENV
     from .metrics import run_summary
     from .presets import get_preset
     from .train import claim_run, default_run_dir, fit, prepare_training_data, resume_point
@@ -28,6 +30,9 @@ def _train(args) -> int:
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("seed", args.seed)) if v is not None}
     preset = get_preset(args.preset, **changes)  # checked here, before anything is read or written
+    if args.no_progress:
+        os.environ[PROGRESS_ENV] = "0"  # the caching bars too, not only the epochs'
+
     device = pick_device(args.device)
     ds = prepare_data(args.data)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(preset, ds.identity)

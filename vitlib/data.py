@@ -148,7 +148,8 @@ def _auto(dest: Path) -> DogsVsCats:
 
 def _sample(dest: Path) -> DogsVsCats:
     folder = dest / "sample"
-    sample.write_sample(folder)
+    with waiting(dest / ".sample.lock", "another process writing the sample"):  # one writer: the zips stay as made
+        sample.write_sample(folder)
     return _layout(folder, "sample", "sample")
 
 

@@ -8,6 +8,7 @@ values are first projected along the sequence from n to k.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -46,10 +47,10 @@ class ModelConfig:
                               ("kv_init", ("uniform", "identity"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
-        if not 0 <= self.dropout < 1:
+        if not (_number(self.dropout) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must lie in [0, 1), not {self.dropout!r}")
-        if self.pos_init_std is not None and not self.pos_init_std > 0:
-            raise ValueError(f"pos_init_std must be None or > 0, not {self.pos_init_std!r}")
+        if self.pos_init_std is not None and not (_number(self.pos_init_std) and self.pos_init_std > 0):
+            raise ValueError(f"pos_init_std must be None or a finite number > 0, not {self.pos_init_std!r}")
 
     @property
     def grid(self) -> int:
@@ -71,6 +72,11 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         return replace(self, **changes)
+
+
+def _number(value) -> bool:
+    """A finite int or float (not a bool, a string or nan)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 SEED_NOTEBOOK_MODEL = ModelConfig()  # the seed notebook's model: 224 px, patch 32, dim 128, depth 12, heads 8, k 64

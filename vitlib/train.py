@@ -349,7 +349,7 @@ def _epochs(preset, data: TrainData, run_dir: Path, model, opt, sched, scaler, r
     best = min((r["val_loss"] for r in rows), default=float("inf"))
     last = run_dir / "last.pt"
     first = int(rows[-1]["epoch"]) + 1 if rows else 1
-    epoch = first - 1
+    epoch = saved = first - 1
     try:
         for epoch in range(first, preset.epochs + 1):
             row = {"epoch": epoch,
@@ -371,11 +371,12 @@ def _epochs(preset, data: TrainData, run_dir: Path, model, opt, sched, scaler, r
                 best = row["val_loss"]
                 save_checkpoint(run_dir / "best.pt", state)
             save_checkpoint(last, state)
+            saved = epoch
             write_atomic(run_dir / "history.csv", pd.DataFrame(rows).to_csv(index=False))
             if stop_when is not None and stop_when(row):
                 break
     except KeyboardInterrupt:
-        print(f"\nInterrupted during epoch {epoch}; {last.name} holds epoch {epoch - 1}. "
-              "Run the same call again to resume.")
+        when = f"after epoch {epoch}" if saved == epoch else f"during epoch {epoch}"
+        print(f"\nInterrupted {when}; {last.name} holds epoch {saved}. Run the same call again to resume.")
         raise
     return rows

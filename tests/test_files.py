@@ -1,0 +1,275 @@
+"""Writes on a full disk, and temporary files left by killed processes.
+
+A full disk is said in one line that names the folder; the earlier file stays byte for byte, and no
+temporary file is left. It is simulated two ways: a writer that writes part of the file and then
+raises ENOSPC, and (Linux) a temporary file that is a link to /dev/full, where the real writer meets
+the kernel's own "No space left on device".
+"""
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vitlib import data, files, sample, submit
+
+HAS_DEV_FULL = os.path.exists("/dev/full")
+IDS = np.arange(1, 6)
+
+
+def no_space(code=errno.ENOSPC) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).rglob("*") if p.name.endswith(".tmp") or ".partial" in p.name)
+
+
+def assert_one_line_naming(error: BaseException, folder: Path, what: str) -> None:
+    """The message is one line that starts by naming the folder and names the file."""
+    message = str(error)
+    assert "\n" not in message, message
+    assert message.startswith(f"no space left on {Path(folder).resolve()}"), message
+    assert what in message, message
+
+
+def link_temporary_to_dev_full(path: Path) -> Path:
+    """Make the temporary file an atomic write of `path` goes to (this process's) a link to /dev/full."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.symlink_to("/dev/full")
+    return tmp
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def live_pid():
+    """The id of a process that runs for the whole test."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# write_atomic
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+def test_write_atomic_on_a_full_disk_says_so_in_one_line_and_keeps_the_earlier_file(tmp_path, monkeypatch, code):
+    path = tmp_path / "history.csv"
+    files.write_atomic(path, "epoch\n1\n")
+
+    def half_then_full(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise no_space(code)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", half_then_full)
+        with pytest.raises(OSError) as error:
+            files.write_atomic(path, "epoch\n1\n2\n")
+    assert_one_line_naming(error.value, tmp_path, "history.csv")
+    assert path.read_text() == "epoch\n1\n"
+    assert temporaries(tmp_path) == []
+
+
+@pytest.mark.skipif(not HAS_DEV_FULL, reason="needs /dev/full")
+def test_write_atomic_onto_a_really_full_device_says_so_in_one_line(tmp_path):
+    path = tmp_path / "history.csv"
+    files.write_atomic(path, "epoch\n1\n")
+    link_temporary_to_dev_full(path)
+    with pytest.raises(OSError) as error:
+        files.write_atomic(path, "epoch\n1\n2\n")
+    assert_one_line_naming(error.value, tmp_path, "history.csv")
+    assert path.read_text() == "epoch\n1\n"
+    assert temporaries(tmp_path) == []
+
+
+def test_other_write_errors_are_not_reported_as_a_full_disk(tmp_path, monkeypatch):
+    path = tmp_path / "history.csv"
+
+    def broken(self, text, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(OSError, match="Input/output error") as error:
+        files.write_atomic(path, "epoch\n")
+    assert error.value.errno == errno.EIO and "no space" not in str(error.value)
+    assert temporaries(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# submission.csv
+
+
+def frame(label: float) -> pd.DataFrame:
+    return pd.DataFrame({"id": IDS, "label": np.full(len(IDS), label)})
+
+
+def test_submission_on_a_full_disk_says_so_in_one_line_and_keeps_the_earlier_file(tmp_path, monkeypatch):
+    path = tmp_path / "submission.csv"
+    submit.write_submission(frame(0.25), path, IDS)
+    before = path.read_bytes()
+
+    def half_then_full(self, target, *args, **kwargs):
+        with open(target, "w") as f:
+            f.write("id,label\n1,0.")
+        raise no_space()
+
+    with monkeypatch.context() as m:
+        m.setattr(pd.DataFrame, "to_csv", half_then_full)
+        with pytest.raises(OSError) as error:
+            submit.write_submission(frame(0.75), path, IDS)
+    assert_one_line_naming(error.value, tmp_path, "submission.csv")
+    assert path.read_bytes() == before
+    assert temporaries(tmp_path) == []
+
+
+@pytest.mark.skipif(not HAS_DEV_FULL, reason="needs /dev/full")
+def test_submission_onto_a_really_full_device_says_so_in_one_line(tmp_path):
+    path = tmp_path / "submission.csv"
+    submit.write_submission(frame(0.25), path, IDS)
+    before = path.read_bytes()
+    link_temporary_to_dev_full(path)
+    with pytest.raises(OSError) as error:
+        submit.write_submission(frame(0.75), path, IDS)
+    assert_one_line_naming(error.value, tmp_path, "submission.csv")
+    assert path.read_bytes() == before
+    assert temporaries(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample
+
+
+SMALL = {"n_train": 8, "n_test": 4}
+
+
+def digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference_sample(tmp_path_factory) -> dict:
+    """The digests of a small sample written without trouble."""
+    return digests(sample.write_sample(tmp_path_factory.mktemp("reference") / "sample", **SMALL))
+
+
+def test_a_full_disk_while_writing_the_sample_says_so_and_the_next_call_completes_it(tmp_path, monkeypatch,
+                                                                                     reference_sample):
+    folder = tmp_path / "sample"
+    real = Path.write_text
+
+    def full_at_the_csv(self, text, *args, **kwargs):
+        if "sample_submission.csv" in self.name:  # the file, or its temporary one
+            with open(self, "w") as f:
+                f.write(text[:10])
+            raise no_space()
+        return real(self, text, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", full_at_the_csv)
+        with pytest.raises(OSError) as error:
+            sample.write_sample(folder, **SMALL)
+    assert_one_line_naming(error.value, folder, "sample_submission.csv")
+    written = digests(folder)
+    assert written == {name: reference_sample[name] for name in ("test.zip", "train.zip")}  # intact, no debris
+    assert not (folder / sample.SAMPLE_STAMP).exists()  # so the next call writes it again
+
+    sample.write_sample(folder, **SMALL)
+    assert digests(folder) == reference_sample
+
+
+@pytest.mark.skipif(not HAS_DEV_FULL, reason="needs /dev/full")
+def test_a_really_full_device_while_zipping_the_sample_says_so_in_one_line(tmp_path, monkeypatch, reference_sample):
+    folder = tmp_path / "sample"
+    real = sample._write_zip
+
+    def zip_test_onto_dev_full(path, entries):
+        if path.name == "test.zip":
+            link_temporary_to_dev_full(path)
+        return real(path, entries)
+
+    monkeypatch.setattr(sample, "_write_zip", zip_test_onto_dev_full)
+    with pytest.raises(OSError) as error:
+        sample.write_sample(folder, **SMALL)
+    assert_one_line_naming(error.value, folder, "test.zip")
+    assert digests(folder) == {"train.zip": reference_sample["train.zip"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+def make_zip(path: Path, names: list[str], payload: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in names:
+            zf.writestr(name, payload)
+    return path
+
+
+def test_a_full_disk_while_extracting_says_so_keeps_the_earlier_folder_and_never_blames_the_zip(tmp_path,
+                                                                                                monkeypatch):
+    names = [f"train/cat.{i}.jpg" for i in range(3)] + [f"train/dog.{i}.jpg" for i in range(3)]
+    archive = make_zip(tmp_path / "train.zip", names, b"old")
+    dest = tmp_path / "out"
+    data.extract_zip(archive, dest)
+    before = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
+    make_zip(archive, names, b"a newer, larger zip")  # changed: the next call extracts it again
+    zip_bytes = archive.read_bytes()
+
+    def one_file_then_full(self, path=None, members=None, pwd=None):
+        self.extract(self.namelist()[0], path)
+        raise no_space()
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", one_file_then_full)
+    with pytest.raises(data.DataError) as error:
+        data.extract_zip(archive, dest)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"no space left on {dest.resolve()}" in message and "train.zip" in message
+    assert "the zip is fine" in message and "delete" not in message.lower()
+    assert {p.name: p.read_bytes() for p in (dest / "train").iterdir()} == before
+    assert archive.read_bytes() == zip_bytes
+    assert temporaries(dest) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporary files of killed processes
+
+
+def test_an_atomic_write_removes_the_temporary_files_of_dead_processes_only(tmp_path, dead_pid, live_pid):
+    path = tmp_path / "history.csv"
+    dead = tmp_path / f".history.csv.{dead_pid}.tmp"
+    live = tmp_path / f".history.csv.{live_pid}.tmp"
+    users = tmp_path / ".history.csv.backup.tmp"  # not a pid: not ours
+    for tmp in (dead, live, users):
+        tmp.write_text("half a fi")
+    files.write_atomic(path, "epoch\n1\n")
+    assert path.read_text() == "epoch\n1\n"
+    assert not dead.exists()
+    assert live.read_text() == users.read_text() == "half a fi"
+
+
+def test_remove_stale_temporaries_clears_a_folder_of_dead_processes_files(tmp_path, dead_pid, live_pid):
+    dead = [tmp_path / f".{name}.{dead_pid}.tmp" for name in ("last.pt", "best.pt", "history.csv")]
+    kept = [tmp_path / f".last.pt.{live_pid}.tmp", tmp_path / f".last.pt.{os.getpid()}.tmp",
+            tmp_path / "last.pt", tmp_path / f"last.pt.{dead_pid}.tmp"]
+    for path in dead + kept:
+        path.write_bytes(b"x")
+    assert sorted(files.remove_stale_temporaries(tmp_path)) == sorted(dead)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)

@@ -1,0 +1,128 @@
+"""The recipes: shipped presets round-trip, changes are checked where a preset is made, the automatic choice."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vitlib import presets
+from vitlib.augment import AugmentConfig
+from vitlib.models import ModelConfig
+from vitlib.presets import PRESETS, Preset, PresetError, get_preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_shipped_preset_round_trips_through_a_dict_and_json(name):
+    preset = PRESETS[name]
+    assert preset.name == name
+    assert Preset.from_dict(preset.to_dict()) == preset
+    again = Preset.from_dict(json.loads(json.dumps(preset.to_dict())))  # as a checkpoint or a notebook stores it
+    assert again == preset
+    assert isinstance(again.model, ModelConfig) and isinstance(again.augment, AugmentConfig)
+    assert isinstance(again.augment.scale, tuple) and isinstance(again.augment.ratio, tuple)
+
+
+def test_from_dict_leaves_the_callers_dict_alone():
+    d = PRESETS["cpu"].to_dict()
+    Preset.from_dict(d)
+    assert d == PRESETS["cpu"].to_dict() and isinstance(d["model"], dict)
+
+
+def test_cpu_full_is_the_cpu_preset_with_full_attention():
+    cpu, full = PRESETS["cpu"].to_dict(), PRESETS["cpu-full"].to_dict()
+    assert full["model"].pop("attention") == "full" and cpu["model"].pop("attention") == "linformer"
+    assert full["model"].pop("kv_init") == "uniform"
+    cpu["model"].pop("kv_init")
+    for d in (cpu, full):
+        del d["name"], d["about"]
+    assert cpu == full
+
+
+def test_get_preset_applies_changes_to_a_copy():
+    changed = get_preset("sample", epochs=3, lr=1e-4, batch_size=8, seed=7)
+    assert (changed.epochs, changed.lr, changed.batch_size, changed.seed) == (3, 1e-4, 8, 7)
+    assert changed.replace(epochs=PRESETS["sample"].epochs, lr=PRESETS["sample"].lr, batch_size=16,
+                           seed=0) == PRESETS["sample"]
+    assert PRESETS["sample"].epochs == 10  # the shipped preset is untouched
+    assert get_preset("sample") is PRESETS["sample"]
+
+
+def test_an_unknown_preset_is_refused_naming_the_choices():
+    with pytest.raises(PresetError, match="no preset 'nope'") as e:
+        get_preset("nope")
+    assert all(name in str(e.value) for name in PRESETS)
+
+
+def test_an_unknown_setting_is_refused_naming_the_settings():
+    with pytest.raises(PresetError, match="no setting 'epoch'") as e:
+        get_preset("cpu", epoch=5)
+    assert "epochs" in str(e.value) and "batch_size" in str(e.value) and "lr" in str(e.value)
+
+
+def test_a_preset_error_is_a_value_error():
+    assert issubclass(PresetError, ValueError)
+
+
+BAD = [
+    ("epochs", 0), ("epochs", -1), ("epochs", 2.0), ("epochs", True), ("epochs", "5"),
+    ("batch_size", 0), ("batch_size", -4), ("batch_size", 1.5),
+    ("seed", -1), ("seed", 0.5), ("split_seed", -1),
+    ("lr", 0), ("lr", -1.0), ("lr", math.nan), ("lr", math.inf), ("lr", "1e-3"),
+    ("weight_decay", -0.1), ("weight_decay", math.nan),
+    ("warmup_epochs", -1), ("warmup_epochs", math.inf),
+    ("label_smoothing", 1.0), ("label_smoothing", -0.1),
+    ("val_fraction", 0), ("val_fraction", 1), ("val_fraction", math.nan),
+    ("grad_clip", 0), ("grad_clip", -1.0), ("grad_clip", math.nan),
+    ("optimizer", "sgd"), ("schedule", "step"),
+    ("model", {"dim": 64}), ("augment", {"scale": (0.5, 1.0)}),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD, ids=[f"{f}={v!r}" for f, v in BAD])
+def test_each_invalid_setting_is_refused_with_one_line_naming_it(field, value):
+    with pytest.raises(PresetError) as e:
+        get_preset("sample", **{field: value})
+    message = str(e.value)
+    assert message.startswith(f"{field} must be ") and repr(value) in message and "\n" not in message
+    with pytest.raises(PresetError, match=f"^{field} must be "):
+        PRESETS["sample"].replace(**{field: value})  # made by hand, the same check
+
+
+@pytest.mark.parametrize(("field", "value"), [("epochs", 1), ("batch_size", 1), ("seed", 0), ("lr", 1e-6),
+                                              ("weight_decay", 0.0), ("warmup_epochs", 0), ("label_smoothing", 0.0),
+                                              ("grad_clip", None), ("optimizer", "adam"), ("schedule", "constant")])
+def test_the_edges_of_each_range_are_allowed(field, value):
+    assert getattr(get_preset("sample", **{field: value}), field) == value
+
+
+def test_a_bad_model_inside_a_preset_is_refused_by_its_config():
+    with pytest.raises(ValueError, match="dim 64 is not a multiple of heads 3"):
+        get_preset("sample", model=PRESETS["sample"].model.replace(heads=3))
+
+
+@pytest.mark.parametrize(("synthetic", "device", "expected"), [
+    (True, "cuda", "sample"), (True, "cpu", "sample"),
+    (False, "cuda", "gpu"), (False, "cpu", "cpu"), (False, "mps", "cpu"),
+])
+def test_choose_preset_takes_sample_for_the_sample_then_gpu_on_cuda_else_cpu(synthetic, device, expected):
+    ds = SimpleNamespace(synthetic=synthetic)
+    assert presets.choose_preset(ds, torch.device(device)) is PRESETS[expected]  # a device object needs no GPU
+
+
+def test_compare_puts_the_presets_side_by_side_one_row_per_setting():
+    table = presets.compare("cpu", "cpu-full", "seed")
+    assert list(table.columns) == ["cpu", "cpu-full", "seed"]
+    assert {"name", "about", "model", "augment"}.isdisjoint(table.index)
+    assert {"epochs", "lr", "model.attention", "model.k", "augment.scale", "augment.mixup"} <= set(table.index)
+    assert table.loc["model.attention"].tolist() == ["linformer", "full", "linformer"]
+    assert table.loc["lr", "seed"] == "3e-05" and table.loc["optimizer", "seed"] == "adam"
+    assert table.loc["augment.scale", "seed"] == "(0.08, 1.0)"
+    differ = table.index[table["cpu"] != table["cpu-full"]].tolist()
+    assert differ == ["model.attention", "model.kv_init"]
+
+
+def test_compare_refuses_an_unknown_preset():
+    with pytest.raises(PresetError, match="no preset 'nope'"):
+        presets.compare("cpu", "nope")
