@@ -278,3 +278,24 @@ def test_ctrl_c_during_training_exits_130_with_its_line_alone_and_the_run_resume
     assert f"resuming after epoch {held}\n" in again.stdout
     assert "epoch   1/50" not in again.stdout  # not trained from the start
     assert "Traceback" not in again.stderr and "Interrupted during epoch" in again.stdout
+
+
+def test_set_changes_any_setting_and_the_checkpoint_records_it(downloaded, as_user, tmp_path, capsys):
+    run_dir = tmp_path / "conv"
+    args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "1", "--no-progress", "--device", "cpu",
+            "--run-dir", str(run_dir), "--set", "model.stem=conv", "--set", "augment.scale=[0.5, 1.0]"]
+    assert exit_code(args) == 0, capsys.readouterr().err
+    preset = checkpoints.load_checkpoint(run_dir / "last.pt")["preset"]
+    assert preset["model"]["stem"] == "conv" and list(preset["augment"]["scale"]) == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(("setting", "named"), [("model.nope=1", "model.nope"), ("stem", "KEY=VALUE"),
+                                                ("model.stem=lego", "stem")])
+def test_a_bad_set_exits_2_naming_it_and_writes_nothing(downloaded, as_user, tmp_path, capsys, setting, named):
+    run_dir = tmp_path / "bad"
+    args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "1", "--device", "cpu",
+            "--run-dir", str(run_dir), "--set", setting]
+    assert exit_code(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and named in err and err.count("\n") == 1
+    assert not run_dir.exists()

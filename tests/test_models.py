@@ -133,3 +133,35 @@ def test_load_trained_skips_an_unreadable_run_with_a_warning(tmp_path, monkeypat
     with pytest.warns(UserWarning, match="Skipped Cannot read best.pt in broken/"):
         model, meta = checkpoints.load_trained()
     assert meta["source"] == "committed checkpoint"
+
+
+def test_the_conv_stem_gives_the_patch_stems_token_grid_from_strided_convolutions():
+    torch.manual_seed(0)
+    cfg = models.ModelConfig(image_size=64, patch_size=8, dim=64, depth=1, heads=4, k=16, stem="conv")
+    model = models.build_model(cfg)
+    convs = [m for m in model.to_patch_embedding if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(3, 16, (2, 2)), (16, 32, (2, 2)),
+                                                                           (32, 64, (2, 2))]
+    tokens = model.to_patch_embedding(torch.randn(2, 3, 64, 64))
+    assert tokens.shape == (2, cfg.num_patches, cfg.dim)
+    patch = models.build_model(cfg.replace(stem="patch"))
+    assert model(torch.randn(2, 3, 64, 64)).shape == patch(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_a_token_sees_only_its_own_patch_and_the_pixels_around_it():
+    """Locality: changing one corner pixel moves the corner token and its neighbour, never the far ones."""
+    torch.manual_seed(0)
+    model = models.build_model(models.ModelConfig(image_size=64, patch_size=8, dim=32, depth=1, heads=4, k=16,
+                                                  stem="conv")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    y = x.clone()
+    y[..., 0, 0] += 10
+    with torch.no_grad():
+        moved = (model.to_patch_embedding(y) - model.to_patch_embedding(x)).abs().amax(-1)[0].reshape(8, 8)
+    assert moved[0, 0] > 0
+    assert (moved[2:, :] == 0).all() and (moved[:, 2:] == 0).all()
+
+
+def test_a_conv_stem_needs_a_power_of_two_patch():
+    with pytest.raises(ValueError, match="power of 2"):
+        models.ModelConfig(image_size=60, patch_size=6, stem="conv")

@@ -126,3 +126,28 @@ def test_compare_puts_the_presets_side_by_side_one_row_per_setting():
 def test_compare_refuses_an_unknown_preset():
     with pytest.raises(PresetError, match="no preset 'nope'"):
         presets.compare("cpu", "nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dotted settings: every variant of a recipe is one command (python -m vitlib train --set KEY=VALUE)
+
+
+def test_with_settings_changes_top_level_model_and_augment_settings():
+    cpu = presets.get_preset("cpu")
+    changed = presets.with_settings(cpu, {"lr": 5e-4, "model.stem": "conv", "augment.scale": [0.5, 1.0]})
+    assert changed.lr == 5e-4 and changed.model.stem == "conv" and changed.augment.scale == (0.5, 1.0)
+    assert changed.replace(lr=cpu.lr, model=cpu.model, augment=cpu.augment) == cpu  # nothing else moved
+    assert cpu.model.stem == "patch"  # the shipped preset is untouched
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"model.nope": 1}, "no setting 'model.nope'"),
+    ({"nope.stem": "conv"}, "no group 'nope'"),
+    ({"model": 1}, "no setting 'model'"),
+    ({"model.stem": "lego"}, "stem must be"),
+    ({"augment.mixup": -1}, "mixup must be"),
+    ({"epochs": 0}, "epochs must be"),
+])
+def test_with_settings_refuses_what_a_preset_cannot_hold(settings, message):
+    with pytest.raises(ValueError, match=message):
+        presets.with_settings(presets.get_preset("cpu"), settings)

@@ -249,6 +249,20 @@ def test_a_finished_run_is_not_trained_again(finished, tiny, monkeypatch):
     assert (finished.run_dir / "last.pt").stat().st_mtime_ns == before
 
 
+def test_a_run_saved_before_a_setting_existed_still_resumes(finished, tiny, tmp_path, monkeypatch):
+    """A checkpoint whose preset lacks a setting added since (here model.stem) is the same recipe, not another."""
+    import shutil
+
+    run_dir = tmp_path / "older"
+    shutil.copytree(finished.run_dir, run_dir)
+    ckpt = checkpoints.load_checkpoint(run_dir / "last.pt")
+    del ckpt["preset"]["model"]["stem"]
+    checkpoints.save_checkpoint(run_dir / "last.pt", ckpt)
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    again = run_fit(PRESET, tiny, run_dir)
+    assert len(again.history) == EPOCHS
+
+
 OTHERS = [get_preset("sample", epochs=EPOCHS, lr=1e-3), get_preset("cpu", epochs=EPOCHS, batch_size=16)]
 
 
@@ -374,3 +388,16 @@ def test_export_keeps_the_best_weights_and_the_whole_history(finished, tmp_path,
     runs = checkpoints.add_reference_run("tiny", finished.run_dir)  # recording again replaces, never duplicates
     assert list(runs["run"]) == ["tiny"] * EPOCHS and runs["device"].str.startswith("cpu").all()
     pd.testing.assert_frame_equal(checkpoints.reference_runs(), runs, check_dtype=False)
+
+
+def test_a_run_is_recorded_in_another_csv_with_the_command_that_reproduces_it(finished, tmp_path, monkeypatch):
+    """The ablation's record: the shipped reference runs are left alone, and each row carries its command."""
+    monkeypatch.setattr(checkpoints, "REFERENCE_RUNS", tmp_path / "reference-runs.csv")
+    record = tmp_path / "ablation.csv"
+    command = "python -m vitlib train --preset sample"
+    checkpoints.add_reference_run("tiny", finished.run_dir, command=command, csv=record)
+    runs = checkpoints.add_reference_run("other", finished.run_dir, command=f"{command} --lr 1", csv=record)
+    assert not (tmp_path / "reference-runs.csv").exists()
+    assert list(runs["run"]) == ["tiny"] * EPOCHS + ["other"] * EPOCHS
+    assert set(runs.loc[runs["run"] == "tiny", "command"]) == {command}
+    pd.testing.assert_frame_equal(checkpoints.reference_runs(record), runs, check_dtype=False)

@@ -283,21 +283,27 @@ def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
     return provenance
 
 
-def reference_runs() -> pd.DataFrame:
-    """Histories of the reference runs that ship with vitlib (one row per epoch, `run` names the run)."""
-    if not REFERENCE_RUNS.is_file():
+def reference_runs(csv: Path | None = None) -> pd.DataFrame:
+    """Histories of recorded runs (one row per epoch, `run` names the run): by default the reference runs that
+    ship with vitlib; `csv` reads another record, such as an ablation's."""
+    csv = Path(csv or REFERENCE_RUNS)
+    if not csv.is_file():
         return pd.DataFrame(columns=["run", "device", "data", "epoch", "val_acc", "val_loss", "epoch_s", "elapsed_s"])
-    return pd.read_csv(REFERENCE_RUNS)
+    return pd.read_csv(csv)
 
 
-def add_reference_run(name: str, run_dir: Path) -> pd.DataFrame:
-    """Record a finished run's history (with its device and data) as reference run `name`."""
+def add_reference_run(name: str, run_dir: Path, command: str | None = None, csv: Path | None = None) -> pd.DataFrame:
+    """Record a finished run's history (with its device, data and, given, the command that reproduces it) as run
+    `name` in `csv` (default: the reference runs that ship with vitlib); recording a name again replaces it."""
+    csv = Path(csv or REFERENCE_RUNS)
     ckpt = load_checkpoint(Path(run_dir) / "last.pt")
     history = pd.DataFrame(ckpt["history"]).assign(run=name, device=ckpt["device"], data=ckpt["data"])
-    runs = reference_runs()
+    if command is not None:
+        history["command"] = command
+    runs = reference_runs(csv)
     runs = pd.concat([runs[runs["run"] != name], history], ignore_index=True) if len(runs) else history
     first = ["run", "device", "data", "epoch"]
     runs = runs[first + [c for c in runs.columns if c not in first]]
-    REFERENCE_RUNS.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(REFERENCE_RUNS, runs.to_csv(index=False))
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(csv, runs.to_csv(index=False))
     return runs

@@ -24,12 +24,14 @@ def _train(args) -> int:
     from .device import pick_device
     from .files import PROGRESS_ENV
     from .metrics import run_summary
-    from .presets import get_preset
+    from .presets import get_preset, with_settings
     from .train import claim_run, default_run_dir, fit, prepare_training_data, resume_point
 
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("seed", args.seed)) if v is not None}
     preset = get_preset(args.preset, **changes)  # checked here, before anything is read or written
+    if args.set:
+        preset = with_settings(preset, dict(_setting(s) for s in args.set))
     if args.no_progress:
         os.environ[PROGRESS_ENV] = "0"  # the caching bars too, not only the epochs'
 
@@ -45,6 +47,21 @@ def _train(args) -> int:
     print(f"best epoch {best['best epoch']}: val acc {best['val acc']:.4f}, val log loss {best['val log loss']:.4f}; "
           f"checkpoints and history.csv in {run.run_dir}")
     return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value read as JSON when it is (0.2, true, [0.7, 1.0], null), else as text (conv)."""
+    import json
+
+    from .presets import PresetError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise PresetError(f"--set takes KEY=VALUE (e.g. model.stem=conv), not {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def _predict(args) -> int:
@@ -82,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="change any setting of the preset, e.g. --set model.stem=conv --set augment.mixup=0.2")
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
     t.add_argument("--fresh", action="store_true", help="refuse to resume (fails if the run dir has a run)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")

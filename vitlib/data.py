@@ -22,10 +22,8 @@ import numpy as np
 import pandas as pd
 
 from . import download, sample
-from .files import DATA_DIR_ENV, DATA_ENV, atomic_path, data_dir, is_disk_full, waiting, write_atomic
+from .files import DATA_ENV, data_dir, is_disk_full, waiting, write_atomic
 from .sample import SAMPLE_STAMP
-
-__all__ = ["DATA_DIR_ENV", "DATA_ENV", "atomic_path", "data_dir", "write_atomic"]  # kept importable from here
 
 # What the competitions ship; a different count is reported.
 SHIPPED = {"train": 25_000, "test": 12_500}

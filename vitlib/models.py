@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
+from einops.layers.torch import Rearrange
 from linformer import Linformer
 from torch import nn
 from vit_pytorch.efficient import ViT as EfficientViT
@@ -31,6 +32,7 @@ class ModelConfig:
     dropout: float = 0.0
     pos_init_std: float | None = None  # None keeps vit-pytorch's N(0, 1) position embedding
     kv_init: str = "uniform"  # Linformer's E, F: "uniform" (linformer's own) or "identity" (see build_model)
+    stem: str = "patch"  # tokens from "patch": one linear map per patch (vit-pytorch's); "conv": see conv_stem
     num_classes: int = 2
 
     def __post_init__(self):
@@ -44,9 +46,12 @@ class ModelConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
         for name, allowed in (("attention", ("linformer", "full")), ("pool", ("cls", "mean")),
-                              ("kv_init", ("uniform", "identity"))):
+                              ("kv_init", ("uniform", "identity")), ("stem", ("patch", "conv"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"a conv stem halves the image per layer: patch_size must be a power of 2, not "
+                             f"{self.patch_size}")
         if not (_number(self.dropout) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must lie in [0, 1), not {self.dropout!r}")
         if self.pos_init_std is not None and not (_number(self.pos_init_std) and self.pos_init_std > 0):
@@ -109,6 +114,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             pool=cfg.pool,
             dropout=cfg.dropout,
         )
+    if cfg.stem == "conv":
+        model.to_patch_embedding = conv_stem(cfg.patch_size, cfg.dim)
     if cfg.attention == "linformer" and cfg.kv_init == "identity":  # full attention has no E and F
         init_identity_projections(model)
     if cfg.pos_init_std is not None:
@@ -116,6 +123,26 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
     model.config = cfg
     return model
+
+
+def conv_stem(patch_size: int, dim: int, channels: int = 3) -> nn.Sequential:
+    """Tokens from log2(patch_size) stride-2 3x3 convolutions instead of one linear map per patch.
+
+    The token grid is the patch projection's (image_size / patch_size per side), but each token is built by
+    small overlapping filters, their widths doubling up to `dim` (3 -> dim/4 -> dim/2 -> dim for patch 8), with
+    BatchNorm and GELU between: locality and translation equivariance, the two biases a CNN has and a ViT must
+    otherwise learn from data (Xiao et al., 2021, "Early convolutions help transformers see better").
+    """
+    steps = int(math.log2(patch_size))
+    widths = [dim // 2 ** (steps - 1 - i) for i in range(steps)]
+    layers, c = [], channels
+    for i, width in enumerate(widths):
+        last = i == steps - 1
+        layers.append(nn.Conv2d(c, width, 3, stride=2, padding=1, bias=last))
+        if not last:
+            layers += [nn.BatchNorm2d(width), nn.GELU()]
+        c = width
+    return nn.Sequential(*layers, Rearrange("b c h w -> b (h w) c"), nn.LayerNorm(dim))
 
 
 @torch.no_grad()

@@ -148,6 +148,31 @@ def get_preset(name: str, **changes) -> Preset:
     return preset.replace(**changes) if changes else preset
 
 
+def with_settings(preset: Preset, settings: dict) -> Preset:
+    """`preset` with dotted settings changed, e.g. {"lr": 5e-4, "model.stem": "conv", "augment.mixup": 0.2}.
+
+    What `python -m vitlib train --set KEY=VALUE` uses, so that every variant of a recipe is one command.
+    The result is checked like any preset; an unknown setting is a PresetError naming the ones there are.
+    """
+    d = preset.to_dict()
+    for key, value in settings.items():
+        *parts, leaf = key.split(".")
+        where = d
+        for part in parts:
+            if not isinstance(where.get(part), dict):
+                raise PresetError(f"a preset has no group {part!r} (in {key!r}); its groups: model, augment")
+            where = where[part]
+        if leaf not in where or isinstance(where[leaf], dict):
+            raise PresetError(f"a preset has no setting {key!r}; the settings there: {', '.join(where)}")
+        where[leaf] = value
+    try:
+        return Preset.from_dict(d)
+    except PresetError:
+        raise
+    except (TypeError, ValueError) as e:  # from ModelConfig or AugmentConfig: already one line naming the setting
+        raise PresetError(str(e)) from None
+
+
 def choose_preset(ds: DogsVsCats, device: torch.device) -> Preset:
     """The automatic choice: `sample` for the synthetic sample, `gpu` on a CUDA GPU, else `cpu`."""
     if ds.synthetic:

@@ -259,13 +259,21 @@ def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = Tr
     if not resume:
         raise RunExistsError(f"{run_dir} already holds a run; resume it (resume=True) or choose another "
                              "run_dir. Nothing was overwritten.")
-    if ckpt["preset"] != preset.to_dict():
+    if _recipe(ckpt) != preset:
         raise RunExistsError(f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
                              "choose another run_dir. Nothing was overwritten.")
     if ckpt["data_id"] != dict(data_id):
         raise RunExistsError(f"{run_dir} holds a run trained on other data ({ckpt['data']}); choose another "
                              "run_dir. Nothing was overwritten.")
     return ckpt
+
+
+def _recipe(ckpt: dict) -> Preset | None:
+    """The preset a checkpoint was trained with, settings added since then at their defaults (None if unreadable)."""
+    try:
+        return Preset.from_dict(ckpt["preset"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
