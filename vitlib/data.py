@@ -32,7 +32,7 @@ SUBMISSION_FILES = ("sample_submission.csv", "sampleSubmission.csv")
 CLASSES = ("cat", "dog")  # label 0, label 1: the competition scores P(dog)
 VAL_FRACTION = 0.2  # the share of each class held out for validation
 SPLIT_SEED = 42  # the seed that fixes which images those are, whatever the training seed
-_LABELLED = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
+_LABELLED = re.compile(rf"^({'|'.join(CLASSES)})\.(\d+)\.jpe?g$", re.IGNORECASE)
 _UNLABELLED = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
 
 
