@@ -9,8 +9,6 @@ byte and leaves no temporary file; temporary files a killed run left are removed
 import dataclasses
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,23 +41,6 @@ def write_part_of(f) -> None:
 def one_line(message: str) -> str:
     assert "\n" not in message.strip(), message
     return message.strip()
-
-
-@pytest.fixture
-def dead_pid() -> int:
-    """The id of a process that has ended (and been reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-@pytest.fixture
-def live_pid():
-    """The id of a process that runs for the whole test."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield child.pid
-    child.kill()
-    child.wait()
 
 
 @pytest.fixture(scope="module", autouse=True)

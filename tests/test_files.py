@@ -9,8 +9,6 @@ the kernel's own "No space left on device".
 import errno
 import hashlib
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -45,23 +43,6 @@ def link_temporary_to_dev_full(path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.symlink_to("/dev/full")
     return tmp
-
-
-@pytest.fixture
-def dead_pid() -> int:
-    """The id of a process that has ended (and been reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-@pytest.fixture
-def live_pid():
-    """The id of a process that runs for the whole test."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield child.pid
-    child.kill()
-    child.wait()
 
 
 # ---------------------------------------------------------------------------------------------

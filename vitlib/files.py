@@ -147,26 +147,33 @@ def lock(path: Path) -> FileLock:
 @contextlib.contextmanager
 def exclusive(path: Path, busy: str):
     """Hold the lock at `path` for the block, or raise BusyError(`busy`) at once if another process holds it."""
-    held = lock(path)
-    try:
-        held.acquire(timeout=0)
-    except Timeout:
+
+    def refuse(_):
         raise BusyError(busy) from None
-    try:
+
+    with _holding(path, refuse) as held:
         yield held
-    finally:
-        held.release()
 
 
 @contextlib.contextmanager
 def waiting(path: Path, waiting_for: str):
     """Hold the lock at `path` for the block; while another process holds it, say so once and wait."""
+
+    def wait(held):
+        print(f"waiting for {waiting_for} (another process holds {Path(path).name}) ...", flush=True)
+        held.acquire()
+
+    with _holding(path, wait) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def _holding(path: Path, when_busy):
     held = lock(path)
     try:
         held.acquire(timeout=0)
     except Timeout:
-        print(f"waiting for {waiting_for} (another process holds {Path(path).name}) ...", flush=True)
-        held.acquire()
+        when_busy(held)  # acquires, or raises
     try:
         yield held
     finally:
