@@ -61,6 +61,19 @@ def killed_at_exit(*procs):
             p.communicate()
 
 
+def run_two_at_once(script: str, args, sync: Path):
+    """Two children running `script` with `args` and a start line (sync/go, last argument), released together
+    once both are ready; their processes and (stdout, stderr)."""
+    sync.mkdir()
+    go = sync / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, args), str(go)], env=child_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    with killed_at_exit(*procs):
+        wait_for(lambda: len(list(sync.glob("ready.*"))) == 2, "both children were ready", procs)
+        go.touch()
+        return procs, [p.communicate(timeout=120) for p in procs]
+
+
 # ---------------------------------------------------------------------------------------------
 # Extraction
 
@@ -92,15 +105,8 @@ def test_two_processes_extracting_the_same_zip_at_once_both_get_every_file_once(
     with zipfile.ZipFile(zip_path, "w") as zf:
         for name in names:
             zf.writestr(name, image)
-    dest, sync = tmp_path / "data", tmp_path / "sync"
-    sync.mkdir()
-    go = sync / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", EXTRACT, str(zip_path), str(dest), str(go)], env=child_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    with killed_at_exit(*procs):
-        wait_for(lambda: len(list(sync.glob("ready.*"))) == 2, "both children were ready", procs)
-        go.touch()
-        results = [p.communicate(timeout=120) for p in procs]
+    dest = tmp_path / "data"
+    procs, results = run_two_at_once(EXTRACT, [zip_path, dest], tmp_path / "sync")
 
     for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
@@ -123,15 +129,8 @@ data.prepare_data("sample", dest=dest, verbose=False)
 
 def test_two_processes_making_the_sample_at_once_leave_one_sample_and_no_old_folders(tmp_path):
     """The default offline path (two `download` or `train` commands on a fresh machine): one sample, made once."""
-    dest, sync = tmp_path / "data", tmp_path / "sync"
-    sync.mkdir()
-    go = sync / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", SAMPLE, str(dest), str(go)], env=child_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    with killed_at_exit(*procs):
-        wait_for(lambda: len(list(sync.glob("ready.*"))) == 2, "both children were ready", procs)
-        go.touch()
-        results = [p.communicate(timeout=120) for p in procs]
+    dest = tmp_path / "data"
+    procs, results = run_two_at_once(SAMPLE, [dest], tmp_path / "sync")
     for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
         assert "has changed" not in err and "kept it as" not in err, err
