@@ -1,11 +1,12 @@
-"""The recipe search behind the small-data ablation: each row is the `cpu` preset with some settings changed,
+"""The recipe search behind the small-data ablation: each row is the `cpu-plain` preset with some settings changed,
 trained by `python -m vitlib train` (one command a row, recorded with its history), one at a time.
 
     python benchmarks/ablation.py --data ../shared/data/dogs-vs-cats-dev conv-stem conv-stem-full
     python benchmarks/ablation.py --list
 
-Histories go to benchmarks/results/ablation-cpu.csv (one row per epoch; `run`, `device`, `data`, `command`), so a
-notebook or the README draws the table and curves from real runs, and any row can be run again.
+The rows and the record live in vitlib (`small_data.ABLATION_ROWS`, `vitlib/pretrained/ablation-cpu.csv`: one line per
+epoch with `run`, `device`, `data`, `command`), so notebook 05 draws its table and curves from real runs wherever
+vitlib is installed, and any row can be run again from here.
 """
 
 from __future__ import annotations
@@ -20,23 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vitlib import checkpoints  # noqa: E402
-
-RECORD = ROOT / "benchmarks" / "results" / "ablation-cpu.csv"
-ROWS = {  # name: the settings changed from the `cpu` preset (python -m vitlib train --set KEY=VALUE)
-    "cpu": [],
-    "conv-stem": ["model.stem=conv"],
-    "conv-stem-full": ["model.stem=conv", "model.attention=full", "model.kv_init=uniform"],
-    "conv-stem-mix": ["model.stem=conv", "augment.mixup=0.2", "augment.cutmix=1.0"],
-    "conv-stem-80px": ["model.stem=conv", "model.image_size=80"],
-    "conv-stem-80px-full": ["model.stem=conv", "model.image_size=80", "model.attention=full",
-                            "model.kv_init=uniform"],
-}
-
-
-def command(name: str, data: str) -> list[str]:
-    sets = [arg for setting in ROWS[name] for arg in ("--set", setting)]
-    return ["python", "-m", "vitlib", "train", "--preset", "cpu", *sets, "--data", data,
-            "--run-dir", f"runs/ablation/{name}", "--no-progress"]
+from vitlib.small_data import ABLATION_RECORD as RECORD  # noqa: E402
+from vitlib.small_data import ABLATION_ROWS as ROWS  # noqa: E402
+from vitlib.small_data import ablation_command as command  # noqa: E402
 
 
 def main(argv=None) -> int:

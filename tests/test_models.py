@@ -1,5 +1,7 @@
 """The models: geometry, initialisation and checkpoint loading."""
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,11 +96,39 @@ def test_load_model_round_trips_a_training_checkpoint(tmp_path):
 
 
 def test_committed_checkpoints_load_with_their_provenance():
-    for attention in ("linformer", "full"):
-        model, meta = checkpoints.load_trained(checkpoints.PRETRAINED[attention], attention=attention)
-        assert model.config.attention == attention
+    for kind, path in checkpoints.PRETRAINED.items():
+        model, meta = checkpoints.load_trained(path, kind=kind)
         assert {"command", "data", "val_acc", "val_log_loss"} <= set(meta["provenance"])
-        assert meta["data"].startswith("real photos")
+        assert meta["data"].startswith("real photos") and meta["source"] == "committed checkpoint"
+        if kind == "cpu":  # the cpu preset's own model, trained by its own recipe
+            assert model.config == get_preset("cpu").model and meta["preset"] == get_preset("cpu").to_dict()
+        else:  # the plain ViTs notebooks 02 and 03 look inside
+            assert (model.config.attention, model.config.stem) == (kind, "patch")
+            assert meta["preset"]["name"] == {"linformer": "cpu-plain", "full": "cpu-full"}[kind]
+            assert models.config_dict(model.config) == models.config_dict(get_preset(meta["preset"]["name"]).model)
+
+
+def _save_run(runs, name, cfg, data_kind="local"):
+    (runs / name).mkdir()
+    model = models.build_model(cfg)
+    checkpoints.save_checkpoint(runs / name / "best.pt", {
+        "model_config": models.config_dict(cfg), "model": model.state_dict(), "preset": {"name": name},
+        "data_id": {"kind": data_kind, "name": "photos"}, "data": "real photos: test"})
+
+
+def test_load_trained_takes_your_newest_run_of_the_kind_asked_for(tmp_path, monkeypatch):
+    """A conv-stem run is never handed to a notebook that looks at patch filters, nor a plain one as `cpu`."""
+    monkeypatch.setenv(files.RUNS_ENV, str(tmp_path))
+    _save_run(tmp_path, "plain", get_preset("cpu-plain").model)
+    time.sleep(0.01)
+    _save_run(tmp_path, "cpu", get_preset("cpu").model)
+    time.sleep(0.01)
+    _save_run(tmp_path, "sample-cpu", get_preset("cpu").model, data_kind="sample")  # newest, but the sample
+    assert checkpoints.load_trained(kind="linformer")[1]["source"] == "your run plain"
+    assert checkpoints.load_trained(kind="cpu")[1]["source"] == "your run cpu"
+    assert checkpoints.load_trained(kind="full")[1]["source"] == "committed checkpoint"
+    with pytest.raises(ValueError, match="kind must be one of 'linformer', 'full', 'cpu', not 'conv'"):
+        checkpoints.load_trained(kind="conv")
 
 
 def test_kv_init_is_ignored_by_full_attention():
@@ -165,3 +195,51 @@ def test_a_token_sees_only_its_own_patch_and_the_pixels_around_it():
 def test_a_conv_stem_needs_a_power_of_two_patch():
     with pytest.raises(ValueError, match="power of 2"):
         models.ModelConfig(image_size=60, patch_size=6, stem="conv")
+
+
+# The small-data ViT (vit-pytorch's SPT and LSA) and the reference CNN
+
+
+def test_spt_tokens_see_the_patch_and_its_four_one_pixel_shifts():
+    cfg = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=4, stem="spt", attention="full")
+    model = models.build_model(cfg)
+    linear = [m for m in model.to_patch_embedding.modules() if isinstance(m, torch.nn.Linear)]
+    assert [lin.in_features for lin in linear] == [5 * cfg.patch_dim]  # the patch and 4 shifted copies of it
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_lsa_never_lets_a_token_attend_to_itself():
+    torch.manual_seed(0)
+    cfg = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=4, attention="lsa")
+    model = models.build_model(cfg)
+    lsa = model.transformer.layers[0][0]
+    seen = {}
+    lsa.attend.register_forward_hook(lambda m, i, out: seen.update(attn=out))
+    model(torch.randn(2, 3, 32, 32))
+    attn = seen["attn"]  # (batch, heads, n, n)
+    assert attn.shape == (2, 4, cfg.seq_len, cfg.seq_len)
+    assert torch.all(attn.diagonal(dim1=-2, dim2=-1) == 0)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 4, cfg.seq_len))
+    assert lsa.temperature.requires_grad  # the softmax temperature is learned
+
+
+def test_lsa_with_the_patch_stem_uses_the_plain_patch_embedding():
+    cfg = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=4, attention="lsa", stem="patch")
+    model = models.build_model(cfg)
+    linear = [m for m in model.to_patch_embedding.modules() if isinstance(m, torch.nn.Linear)]
+    assert [lin.in_features for lin in linear] == [cfg.patch_dim]
+    assert "small-data ViT" in models.describe(model) and "shifted" not in models.describe(model)
+
+
+def test_the_reference_cnn_has_the_conv_stem_and_no_attention():
+    torch.manual_seed(0)
+    cfg = models.ModelConfig(image_size=64, patch_size=16, dim=32, depth=3, family="cnn", stem="conv")
+    model = models.build_model(cfg)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) or hasattr(m, "to_qkv") for m in model.modules())
+    assert len(model.blocks) == 3 and model.stem(torch.randn(1, 3, 64, 64)).shape == (1, 32, 4, 4)
+    assert models.describe(model).startswith("small CNN: 64 px")
+    with pytest.raises(ValueError, match="cnn family is built on the conv stem"):
+        models.ModelConfig(image_size=64, patch_size=16, family="cnn")
+    with pytest.raises(ValueError, match="family must be"):
+        models.ModelConfig(image_size=64, patch_size=16, family="resnet")

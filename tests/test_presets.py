@@ -30,14 +30,24 @@ def test_from_dict_leaves_the_callers_dict_alone():
     assert d == PRESETS["cpu"].to_dict() and isinstance(d["model"], dict)
 
 
-def test_cpu_full_is_the_cpu_preset_with_full_attention():
-    cpu, full = PRESETS["cpu"].to_dict(), PRESETS["cpu-full"].to_dict()
+def test_cpu_full_is_the_plain_vit_with_full_attention():
+    cpu, full = PRESETS["cpu-plain"].to_dict(), PRESETS["cpu-full"].to_dict()
     assert full["model"].pop("attention") == "full" and cpu["model"].pop("attention") == "linformer"
     assert full["model"].pop("kv_init") == "uniform"
     cpu["model"].pop("kv_init")
     for d in (cpu, full):
         del d["name"], d["about"]
     assert cpu == full
+
+
+def test_the_cpu_preset_is_the_plain_vit_with_a_conv_stem_on_larger_photos_for_fewer_epochs():
+    """What notebook 05's ablation chose (its row conv-96px-p16-18ep); the notebook checks the two are one recipe."""
+    plain, cpu = PRESETS["cpu-plain"], PRESETS["cpu"]
+    assert (cpu.model.stem, cpu.model.image_size, cpu.model.patch_size, cpu.epochs) == ("conv", 96, 16, 18)
+    assert cpu.model.grid == 6 and cpu.model.seq_len < cpu.model.k  # a 6x6 grid: k = 64 compresses nothing
+    same = cpu.replace(name=plain.name, about=plain.about, epochs=plain.epochs,
+                       model=cpu.model.replace(stem="patch", image_size=64, patch_size=8))
+    assert same == plain  # nothing else differs
 
 
 def test_get_preset_applies_changes_to_a_copy():
@@ -112,14 +122,14 @@ def test_choose_preset_takes_sample_for_the_sample_then_gpu_on_cuda_else_cpu(syn
 
 
 def test_compare_puts_the_presets_side_by_side_one_row_per_setting():
-    table = presets.compare("cpu", "cpu-full", "seed")
-    assert list(table.columns) == ["cpu", "cpu-full", "seed"]
+    table = presets.compare("cpu-plain", "cpu-full", "seed")
+    assert list(table.columns) == ["cpu-plain", "cpu-full", "seed"]
     assert {"name", "about", "model", "augment"}.isdisjoint(table.index)
     assert {"epochs", "lr", "model.attention", "model.k", "augment.scale", "augment.mixup"} <= set(table.index)
     assert table.loc["model.attention"].tolist() == ["linformer", "full", "linformer"]
     assert table.loc["lr", "seed"] == "3e-05" and table.loc["optimizer", "seed"] == "adam"
     assert table.loc["augment.scale", "seed"] == "(0.08, 1.0)"
-    differ = table.index[table["cpu"] != table["cpu-full"]].tolist()
+    differ = table.index[table["cpu-plain"] != table["cpu-full"]].tolist()
     assert differ == ["model.attention", "model.kv_init"]
 
 
@@ -133,7 +143,7 @@ def test_compare_refuses_an_unknown_preset():
 
 
 def test_with_settings_changes_top_level_model_and_augment_settings():
-    cpu = presets.get_preset("cpu")
+    cpu = presets.get_preset("cpu-plain")
     changed = presets.with_settings(cpu, {"lr": 5e-4, "model.stem": "conv", "augment.scale": [0.5, 1.0]})
     assert changed.lr == 5e-4 and changed.model.stem == "conv" and changed.augment.scale == (0.5, 1.0)
     assert changed.replace(lr=cpu.lr, model=cpu.model, augment=cpu.augment) == cpu  # nothing else moved
@@ -151,3 +161,14 @@ def test_with_settings_changes_top_level_model_and_augment_settings():
 def test_with_settings_refuses_what_a_preset_cannot_hold(settings, message):
     with pytest.raises(ValueError, match=message):
         presets.with_settings(presets.get_preset("cpu"), settings)
+
+
+def test_text_settings_are_read_as_the_command_line_reads_them():
+    plain = presets.get_preset("cpu-plain")
+    changed = presets.with_text_settings(plain, ["model.image_size=112", "model.patch_size=16", "model.stem=conv",
+                                                 "augment.scale=[0.5, 1.0]", "grad_clip=null"])
+    assert (changed.model.image_size, changed.model.stem, changed.augment.scale) == (112, "conv", (0.5, 1.0))
+    assert changed.grad_clip is None
+    assert presets.with_text_settings(plain, []) is plain
+    with pytest.raises(PresetError, match="KEY=VALUE"):
+        presets.with_text_settings(plain, ["stem"])

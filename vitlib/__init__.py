@@ -6,7 +6,8 @@ One module per concept, in the order the notebooks teach them; a module imports 
     02: patches, models
     03: attention, attention_cost
     04: augment, presets, checkpoints, train, bench
-    05: calibration, submit
+    05: small_data
+    06: calibration, submit
     the command line: cli
 """
 

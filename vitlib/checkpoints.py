@@ -35,12 +35,14 @@ from . import __version__
 from .files import atomic_path, runs_dir, write_atomic
 from .models import ModelConfig, build_model, config_dict, count_parameters
 from .models import describe as describe_model
+from .presets import PRESETS
 
 CHECKPOINT_FORMAT = 2  # 2: data_id added
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-PRETRAINED = {
-    "linformer": PRETRAINED_DIR / "vit-linformer-cpu.pt",
-    "full": PRETRAINED_DIR / "vit-full-cpu.pt",
+PRETRAINED = {  # the committed trained models, by kind (see load_trained)
+    "linformer": PRETRAINED_DIR / "vit-linformer-cpu.pt",  # the plain ViT (patch embedding, Linformer): cpu-plain
+    "full": PRETRAINED_DIR / "vit-full-cpu.pt",  # the same with full attention: cpu-full
+    "cpu": PRETRAINED_DIR / "vit-cpu.pt",  # the `cpu` preset's model: the best a 2-core CPU trains in 15 minutes
 }
 REFERENCE_RUNS = PRETRAINED_DIR / "reference-runs.csv"
 _TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng")
@@ -175,24 +177,25 @@ def load_model(path, device="cpu") -> tuple[nn.Module, dict]:
     return model_from_checkpoint(load_checkpoint(path, device), device, Path(path))
 
 
-def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple[nn.Module, dict]:
-    """A trained model to look at: `path`, else your own best real-photo run, else the committed one.
+def load_trained(path=None, kind: str = "linformer", device="cpu") -> tuple[nn.Module, dict]:
+    """A trained model to look at: `path`, else your own best real-photo run of that `kind`, else the committed one.
 
-    Your own: the newest `runs/*/best.pt` of that attention kind trained on real photos (notebook
-    04 writes one); one that cannot be read or built is skipped with a warning. The committed checkpoints
-    (vitlib/pretrained/) were written by vitlib's own training code; meta["provenance"] says with
-    what command, data and result.
+    kind: "linformer" or "full", the plain ViT with that attention (one linear map per patch: notebooks 02 and
+    03 look inside it); "cpu", the `cpu` preset's model (notebooks 04-06). Your own: the newest
+    `runs/*/best.pt` of that kind trained on real photos (notebook 04 writes one); one that cannot be read or
+    built is skipped with a warning. The committed checkpoints (vitlib/pretrained/) were written by vitlib's
+    own training code; meta["provenance"] says with what command, data and result.
     """
+    if kind not in PRETRAINED:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, PRETRAINED))}, not {kind!r}")
     found = None
     if path is None:
-        path = PRETRAINED[attention]
+        path = PRETRAINED[kind]
         for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
                 candidate = load_checkpoint(own)
-                config = candidate.get("model_config")
-                if isinstance(config, dict) and (config.get("attention") != attention
-                                                 or candidate["data_id"].get("kind") == "sample"):
-                    continue  # another attention, or the sample: not what was asked for
+                if not _is_kind(candidate.get("model_config"), kind) or candidate["data_id"].get("kind") == "sample":
+                    continue  # another kind of model, or the sample: not what was asked for
                 found = model_from_checkpoint(candidate, device, own)  # a CheckpointError if it cannot be used
             except CheckpointError as e:
                 warnings.warn(f"Skipped {e}", stacklevel=2)
@@ -204,6 +207,20 @@ def load_trained(path=None, attention: str = "linformer", device="cpu") -> tuple
         "committed checkpoint" if Path(path) in PRETRAINED.values() else f"your run {Path(path).parent.name}"
     )
     return model, meta
+
+
+def _is_kind(config, kind: str) -> bool:
+    """Whether a checkpoint's model_config is a model of `kind` (a config that cannot be built is let through, for
+    model_from_checkpoint to report)."""
+    if not isinstance(config, dict):
+        return True
+    try:
+        cfg = ModelConfig(**config)
+    except (TypeError, ValueError):
+        return True
+    if kind == "cpu":
+        return cfg == PRESETS["cpu"].model
+    return cfg.family == "vit" and cfg.stem == "patch" and cfg.attention == kind
 
 
 def checkpoint_epoch(meta: dict) -> dict | None:

@@ -24,14 +24,13 @@ def _train(args) -> int:
     from .device import pick_device
     from .files import PROGRESS_ENV
     from .metrics import run_summary
-    from .presets import get_preset, with_settings
+    from .presets import get_preset, with_text_settings
     from .train import claim_run, default_run_dir, fit, prepare_training_data, resume_point
 
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("seed", args.seed)) if v is not None}
     preset = get_preset(args.preset, **changes)  # checked here, before anything is read or written
-    if args.set:
-        preset = with_settings(preset, dict(_setting(s) for s in args.set))
+    preset = with_text_settings(preset, args.set)
     if args.no_progress:
         os.environ[PROGRESS_ENV] = "0"  # the caching bars too, not only the epochs'
 
@@ -47,21 +46,6 @@ def _train(args) -> int:
     print(f"best epoch {best['best epoch']}: val acc {best['val acc']:.4f}, val log loss {best['val log loss']:.4f}; "
           f"checkpoints and history.csv in {run.run_dir}")
     return 0
-
-
-def _setting(text: str) -> tuple[str, object]:
-    """KEY=VALUE, the value read as JSON when it is (0.2, true, [0.7, 1.0], null), else as text (conv)."""
-    import json
-
-    from .presets import PresetError
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise PresetError(f"--set takes KEY=VALUE (e.g. model.stem=conv), not {text!r}")
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
 
 
 def _predict(args) -> int:
@@ -92,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_download)
 
     t = sub.add_parser("train", help="train a preset; resumes an interrupted run")
-    t.add_argument("--preset", default="cpu", help="sample, cpu, cpu-full, seed or gpu")
+    t.add_argument("--preset", default="cpu", help="sample, cpu, cpu-plain, cpu-full, seed or gpu")
     t.add_argument("--data", default=None, help=data_help)
     t.add_argument("--run-dir", default=None, help="default: runs/<preset>-<data>")
     t.add_argument("--epochs", type=int)

@@ -1,9 +1,13 @@
-"""The models: vit-pytorch's efficient ViT with a Linformer (the seed's), and the standard ViT.
+"""The models: vit-pytorch's efficient ViT with a Linformer (the seed's), the standard ViT, and the
+small-data ViT (shifted patches, locality self-attention); a small CNN as the ViTs' honest competitor.
 
-Both cut the image into patches, project each to `dim`, prepend a CLS token, add a learned
-position embedding, run a transformer and classify from the CLS token (or the mean token). They
-differ in the attention: full softmax attention over all n tokens, or Linformer's, whose keys and
-values are first projected along the sequence from n to k.
+Every ViT cuts the image into patches, makes a token of each (`stem`), prepends a CLS token, adds a
+learned position embedding, runs a transformer and classifies from the CLS token (or the mean token).
+They differ in the attention: full softmax attention over all n tokens; Linformer's, whose keys and
+values are first projected along the sequence from n to k; or locality self-attention (LSA: a token
+may not attend to itself, and the softmax temperature is learned). And in the stem: one linear map per
+patch ("patch"), the same over the patch and four copies shifted by a pixel ("spt"), or a few strided
+convolutions ("conv").
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from linformer import Linformer
 from torch import nn
 from vit_pytorch.efficient import ViT as EfficientViT
 from vit_pytorch.vit import ViT as FullViT
+from vit_pytorch.vit_for_small_dataset import SPT
+from vit_pytorch.vit_for_small_dataset import ViT as SmallDataViT
 
 
 @dataclass(frozen=True)
@@ -26,13 +32,15 @@ class ModelConfig:
     dim: int = 128
     depth: int = 12
     heads: int = 8
-    attention: str = "linformer"  # or "full"
+    attention: str = "linformer"  # or "full", or "lsa" (locality self-attention, vit-pytorch's small-data ViT)
     k: int = 64  # Linformer: keys and values are projected along the sequence to this length
     pool: str = "cls"  # or "mean"
     dropout: float = 0.0
     pos_init_std: float | None = None  # None keeps vit-pytorch's N(0, 1) position embedding
     kv_init: str = "uniform"  # Linformer's E, F: "uniform" (linformer's own) or "identity" (see build_model)
-    stem: str = "patch"  # tokens from "patch": one linear map per patch (vit-pytorch's); "conv": see conv_stem
+    stem: str = "patch"  # tokens from "patch": one linear map per patch (vit-pytorch's); "spt": shifted patch
+    # tokenization (the patch and its four 1-pixel shifts, vit-pytorch's SPT); "conv": see conv_stem
+    family: str = "vit"  # or "cnn": the conv stem, then `depth` residual conv blocks (see SmallCNN); no attention
     num_classes: int = 2
 
     def __post_init__(self):
@@ -45,10 +53,13 @@ class ModelConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
-        for name, allowed in (("attention", ("linformer", "full")), ("pool", ("cls", "mean")),
-                              ("kv_init", ("uniform", "identity")), ("stem", ("patch", "conv"))):
+        for name, allowed in (("attention", ("linformer", "full", "lsa")), ("pool", ("cls", "mean")),
+                              ("kv_init", ("uniform", "identity")), ("stem", ("patch", "spt", "conv")),
+                              ("family", ("vit", "cnn"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
+        if self.family == "cnn" and self.stem != "conv":
+            raise ValueError(f"the cnn family is built on the conv stem: stem must be 'conv', not {self.stem!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"a conv stem halves the image per layer: patch_size must be a power of 2, not "
                              f"{self.patch_size}")
@@ -89,6 +100,10 @@ SEED_NOTEBOOK_MODEL = ModelConfig()  # the seed notebook's model: 224 px, patch 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network `cfg` describes, initialised (seed torch first for the same weights every time)."""
+    if cfg.family == "cnn":
+        model = SmallCNN(cfg.patch_size, cfg.dim, cfg.depth, cfg.num_classes)
+        model.config = cfg
+        return model
     if cfg.attention == "linformer":
         transformer = Linformer(
             dim=cfg.dim, seq_len=cfg.seq_len, depth=cfg.depth, heads=cfg.heads, k=cfg.k, dropout=cfg.dropout
@@ -100,6 +115,19 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             dim=cfg.dim,
             transformer=transformer,
             pool=cfg.pool,
+        )
+    elif cfg.attention == "lsa":  # its own stem is SPT; the "patch" stem below puts vit-pytorch's linear one back
+        model = SmallDataViT(
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            num_classes=cfg.num_classes,
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            mlp_dim=4 * cfg.dim,
+            dim_head=cfg.dim // cfg.heads,
+            pool=cfg.pool,
+            dropout=cfg.dropout,
         )
     else:  # "full"
         model = FullViT(
@@ -116,9 +144,14 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         )
     if cfg.stem == "conv":
         model.to_patch_embedding = conv_stem(cfg.patch_size, cfg.dim)
+    elif cfg.stem == "spt" and cfg.attention != "lsa":
+        model.to_patch_embedding = SPT(dim=cfg.dim, patch_size=cfg.patch_size)
+    elif cfg.stem == "patch" and cfg.attention == "lsa":
+        model.to_patch_embedding = FullViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=1,
+                                           dim=cfg.dim, depth=1, heads=1, mlp_dim=1).to_patch_embedding
     if cfg.attention == "linformer" and cfg.kv_init == "identity":  # full attention has no E and F
         init_identity_projections(model)
-    if cfg.pos_init_std is not None:
+    if cfg.pos_init_std is not None:  # every ViT family member has these two
         nn.init.trunc_normal_(model.pos_embedding, std=cfg.pos_init_std)
         nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
     model.config = cfg
@@ -133,6 +166,11 @@ def conv_stem(patch_size: int, dim: int, channels: int = 3) -> nn.Sequential:
     BatchNorm and GELU between: locality and translation equivariance, the two biases a CNN has and a ViT must
     otherwise learn from data (Xiao et al., 2021, "Early convolutions help transformers see better").
     """
+    return nn.Sequential(*conv_layers(patch_size, dim, channels), Rearrange("b c h w -> b (h w) c"), nn.LayerNorm(dim))
+
+
+def conv_layers(patch_size: int, dim: int, channels: int = 3) -> list[nn.Module]:
+    """The conv stem's convolutions: (B, channels, S, S) -> (B, dim, S / patch_size, S / patch_size)."""
     steps = int(math.log2(patch_size))
     widths = [dim // 2 ** (steps - 1 - i) for i in range(steps)]
     layers, c = [], channels
@@ -142,7 +180,28 @@ def conv_stem(patch_size: int, dim: int, channels: int = 3) -> nn.Sequential:
         if not last:
             layers += [nn.BatchNorm2d(width), nn.GELU()]
         c = width
-    return nn.Sequential(*layers, Rearrange("b c h w -> b (h w) c"), nn.LayerNorm(dim))
+    return layers
+
+
+class SmallCNN(nn.Module):
+    """The reference CNN: the conv stem, then `depth` residual blocks x + GELU(BN(conv3x3(x))) at `dim` channels
+    on the token grid, global average pooling, a linear classifier. Every ViT here has the same stem available and
+    about the same cost per image, so it is the bar a ViT trained the same way should meet."""
+
+    def __init__(self, patch_size: int, dim: int, depth: int, num_classes: int = 2):
+        super().__init__()
+        self.stem = nn.Sequential(*conv_layers(patch_size, dim), nn.BatchNorm2d(dim), nn.GELU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.GELU())
+            for _ in range(depth)
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(dim), nn.Linear(dim, num_classes))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.stem(img)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
 
 
 @torch.no_grad()
@@ -175,13 +234,17 @@ def config_dict(cfg: ModelConfig) -> dict:
 
 
 def describe(model: nn.Module) -> str:
-    """The architecture in one line: its kind, geometry and size."""
+    """The architecture in one line: its kind, stem, geometry and size."""
     cfg = model.config
-    kind = (
-        f"efficient ViT + Linformer (k = {cfg.k})" if cfg.attention == "linformer" else "standard ViT (full attention)"
-    )
+    size = f"{count_parameters(model) / 1e6:.2f}M parameters"
+    if cfg.family == "cnn":
+        return (f"small CNN: {cfg.image_size} px, conv stem to {cfg.grid}x{cfg.grid} x {cfg.dim} channels, "
+                f"{cfg.depth} residual 3x3 conv blocks, {size}")
+    kind = {"linformer": f"efficient ViT + Linformer (k = {cfg.k})", "full": "standard ViT (full attention)",
+            "lsa": "small-data ViT (locality self-attention)"}[cfg.attention]
+    stem = {"patch": "patch", "spt": "shifted patches (SPT), patch", "conv": "conv stem, patch"}[cfg.stem]
     return (
-        f"{kind}: {cfg.image_size} px, patch {cfg.patch_size} -> {cfg.grid}x{cfg.grid} patches + CLS = "
+        f"{kind}: {cfg.image_size} px, {stem} {cfg.patch_size} -> {cfg.grid}x{cfg.grid} tokens + CLS = "
         f"{cfg.seq_len} tokens, dim {cfg.dim} = {cfg.heads} heads x {cfg.dim // cfg.heads}, depth {cfg.depth}, "
-        f"{count_parameters(model) / 1e6:.2f}M parameters"
+        f"{size}"
     )

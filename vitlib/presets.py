@@ -1,13 +1,15 @@
 """Named training recipes, each a small readable config.
 
 `seed` is the seed notebook's recipe as it actually ran (its StepLR was never stepped, so the
-learning rate stayed 3e-5). `cpu` is what a 2-core laptop can train in about 15 minutes, and
-`cpu-full` the same with full attention, for comparison. `gpu` is the recipe for a CUDA GPU
+learning rate stayed 3e-5). `cpu` is the best a 2-core CPU trains in about 15 minutes (chosen by the
+ablation in notebook 05); `cpu-plain` is the plain ViT notebooks 02 and 03 look inside (one linear map
+per patch, as the seed), and `cpu-full` the same with full attention, for comparison. `gpu` is the recipe for a CUDA GPU
 (not yet measured on one). `sample` runs in seconds on the synthetic sample for CI.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 
@@ -103,12 +105,20 @@ PRESETS = {
         epochs=10, batch_size=16, lr=2e-3, warmup_epochs=0.5,
         augment=AugmentConfig(scale=(0.7, 1.0)),
     ),
-    "cpu": Preset(
-        name="cpu",
-        about="a 2-core laptop CPU, about 15 minutes",
+    "cpu-plain": Preset(
+        name="cpu-plain",
+        about="the plain ViT (one linear map per patch) notebooks 02 and 03 look inside; 2-core CPU, 15-20 minutes",
         model=ModelConfig(image_size=64, patch_size=8, dim=128, depth=6, heads=8, k=64, pos_init_std=0.02,
                           kv_init="identity"),
         epochs=20, batch_size=128, lr=1e-3,
+        augment=AugmentConfig(scale=(0.7, 1.0)),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        about="a 2-core CPU, about 15 minutes: a conv stem makes 96 px photos 6x6 tokens (notebook 05's ablation)",
+        model=ModelConfig(image_size=96, patch_size=16, dim=128, depth=6, heads=8, k=64, pos_init_std=0.02,
+                          kv_init="identity", stem="conv"),
+        epochs=18, batch_size=128, lr=1e-3,
         augment=AugmentConfig(scale=(0.7, 1.0)),
     ),
     "seed": Preset(
@@ -129,10 +139,10 @@ PRESETS = {
 }
 
 
-PRESETS["cpu-full"] = PRESETS["cpu"].replace(
+PRESETS["cpu-full"] = PRESETS["cpu-plain"].replace(
     name="cpu-full",
-    about="the cpu preset with full softmax attention instead of Linformer: for comparison, and for Recorder",
-    model=PRESETS["cpu"].model.replace(attention="full", kv_init="uniform"),
+    about="cpu-plain with full softmax attention instead of Linformer: for comparison, and for Recorder",
+    model=PRESETS["cpu-plain"].model.replace(attention="full", kv_init="uniform"),
 )
 
 
@@ -171,6 +181,23 @@ def with_settings(preset: Preset, settings: dict) -> Preset:
         raise
     except (TypeError, ValueError) as e:  # from ModelConfig or AugmentConfig: already one line naming the setting
         raise PresetError(str(e)) from None
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE as `--set` takes it: the value read as JSON when it is (0.2, true, [0.7, 1.0], null), else as
+    text (conv). A PresetError for text without a key and an "="."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise PresetError(f"--set takes KEY=VALUE (e.g. model.stem=conv), not {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def with_text_settings(preset: Preset, settings: list[str]) -> Preset:
+    """`preset` with KEY=VALUE texts applied, as `python -m vitlib train --set KEY=VALUE ...` does."""
+    return with_settings(preset, dict(parse_setting(s) for s in settings)) if settings else preset
 
 
 def choose_preset(ds: DogsVsCats, device: torch.device) -> Preset:

@@ -1,0 +1,100 @@
+"""Notebook 05's helpers: receptive fields, SPT's views, LSA's view of attention, the ablation table, speed."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from vitlib import models, small_data
+from vitlib.presets import get_preset
+
+CFG = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=4, k=16)
+
+
+@pytest.mark.parametrize(("stem", "extent"), [("patch", (8, 8)), ("spt", (10, 10)), ("conv", (15, 15))])
+def test_a_token_sees_its_patch_its_rim_or_its_overlapping_filters(stem, extent):
+    torch.manual_seed(0)
+    model = models.build_model(CFG.replace(stem=stem))
+    field = small_data.receptive_field(model, CFG.image_size, 1, 2)
+    assert field.shape == (32, 32) and field.max() == 1
+    assert small_data.field_extent(field) == extent
+    assert (field[8:16, 16:24] > 0).all()  # it sees all of its own patch (row 1, column 2)
+    if stem != "conv":  # centred on it (the strided convs' padding shifts theirs up and left)
+        rows, cols = torch.nonzero(field > 0, as_tuple=True)
+        assert ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2) == (1 * 8 + 3.5, 2 * 8 + 3.5)
+    assert model.training  # the model is handed back in the mode it came in
+
+
+def test_spt_views_are_the_image_and_its_four_one_pixel_shifts():
+    image = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4)
+    views = small_data.spt_views(image)
+    assert views.shape == (5, 2, 4, 4)
+    torch.testing.assert_close(views[0], image)
+    torch.testing.assert_close(views[1][..., 1:], image[..., :-1])  # right
+    torch.testing.assert_close(views[2][..., :-1], image[..., 1:])  # left
+    torch.testing.assert_close(views[3][..., 1:, :], image[..., :-1, :])  # down
+    torch.testing.assert_close(views[4][..., :-1, :], image[..., 1:, :])  # up
+    assert views[1][..., 0].eq(0).all() and views[3][..., 0, :].eq(0).all()  # uncovered border: zeros
+
+
+def test_spt_views_match_what_vit_pytorchs_spt_feeds_its_patches():
+    """The same five images SPT concatenates, in its order: the picture shows what the model really sees."""
+    torch.manual_seed(0)
+    model = models.build_model(CFG.replace(stem="spt"))
+    x = torch.randn(1, 3, 32, 32)
+    seen = {}
+    rearrange = model.to_patch_embedding.to_patch_tokens[0]
+    rearrange.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    model.to_patch_embedding(x)
+    torch.testing.assert_close(seen["x"], small_data.spt_views(x[0]).reshape(1, 15, 32, 32))
+
+
+def test_lsa_view_masks_each_token_and_sharpens_without_losing_the_order():
+    torch.manual_seed(0)
+    weights = torch.randn(7, 7).softmax(-1)
+    masked = small_data.lsa_view(weights)
+    assert small_data.self_attention_share(masked) == 0
+    torch.testing.assert_close(masked.sum(-1), torch.ones(7))
+    off = ~torch.eye(7, dtype=torch.bool)  # off the diagonal: the same weights, renormalised
+    torch.testing.assert_close(masked[off].reshape(7, 6), (weights[off].reshape(7, 6)
+                                                            / weights[off].reshape(7, 6).sum(-1, keepdim=True)))
+    sharp = small_data.lsa_view(weights, sharpen=3.0)
+    assert small_data.peak_share(sharp) > small_data.peak_share(masked)
+    assert torch.equal(sharp.argmax(-1), masked.argmax(-1))
+    flat = torch.full((5, 5), 0.2)
+    assert small_data.peak_share(flat) == pytest.approx(0.2) and small_data.self_attention_share(flat) == \
+        pytest.approx(0.2)
+
+
+def _history(run, accs, losses, minutes_per_epoch=1.0, changes=None):
+    n = len(accs)
+    return pd.DataFrame({"run": run, "device": "cpu (test)", "data": "test", "epoch": range(1, n + 1),
+                         "train_loss": 0.5, "train_acc": 0.5, "val_acc": accs, "val_loss": losses,
+                         "epoch_s": 50.0, "images_per_s": [300.0] * n,
+                         "elapsed_s": [60 * minutes_per_epoch * (i + 1) for i in range(n)], "command": "python ..."})
+
+
+def test_the_ablation_table_reads_each_runs_best_checkpoint_and_its_changes():
+    base = get_preset("cpu-plain")
+    runs = pd.concat([_history("plain", [0.7, 0.8, 0.79], [0.6, 0.45, 0.46]),
+                      _history("conv", [0.75, 0.85], [0.5, 0.35], minutes_per_epoch=1.5)])
+    table = small_data.ablation_table(runs, base, {"plain": [], "conv": ["model.stem=conv"]})
+    assert list(table.index) == ["plain", "conv"]
+    assert table.loc["plain", "changes"] == "(none)" and table.loc["conv", "changes"] == "model.stem=conv"
+    assert table.loc["plain", "val acc"] == 0.8 and table.loc["plain", "best epoch"] == 2  # lowest log loss
+    assert table.loc["conv", "minutes"] == 3.0 and table.loc["conv", "img/s"] == 300
+    assert table.loc["conv", "params (M)"] != table.loc["plain", "params (M)"]  # each row's own model
+    assert set(table["model"]) == {"ViT"}
+    cnn = small_data.ablation_table(_history("cnn", [0.9], [0.3]), base,
+                                    {"cnn": ["model.family=cnn", "model.stem=conv"]})
+    assert cnn.loc["cnn", "model"] == "CNN"
+    fig = small_data.plot_ablation(runs, cnn=("conv",), source="test")
+    curves = [line for line in fig.axes[0].lines if line.get_label() in ("plain", "conv")]
+    assert [c.get_linestyle() for c in curves] == ["-", "--"]  # the runs named as CNNs dashed
+    assert len(fig.axes[0].lines) == len(fig.axes[1].lines) == 2 + 1  # a curve per run, and the 15-minute mark
+
+
+def test_training_speed_is_images_per_second_of_real_steps():
+    speed = small_data.training_speed(get_preset("sample", batch_size=8), batches=2, device="cpu")
+    assert math.isfinite(speed) and speed > 0

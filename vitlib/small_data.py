@@ -1,0 +1,230 @@
+"""Why a ViT needs data, and what helps it on 20,000 photos: notebook 05's pictures and its ablation table.
+
+A convolution looks at a few neighbouring pixels and does the same everywhere (locality, translation
+equivariance): a CNN starts out knowing that images are made of local patterns. A ViT's patch projection
+sees one patch at a time, and attention lets every token look at every other one from the start; what a
+CNN is built to assume, a ViT has to learn from data. Each small-data technique gives some of it back:
+shifted patch tokenization (SPT) widens what a token sees, locality self-attention (LSA) keeps a token
+from attending mostly to itself, a conv stem builds every token from small overlapping filters.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import device as devices
+from .augment import BatchAugment, normalize
+from .checkpoints import reference_runs
+from .metrics import run_summary
+from .models import build_model, count_parameters
+from .plots import as_image, finish
+from .presets import Preset, get_preset, with_text_settings
+from .train import make_optimizer, make_scaler, train_step
+
+# ---------------------------------------------------------------------------------------------
+# What a token sees
+
+
+def receptive_field(model: nn.Module, image_size: int, row: int, col: int) -> torch.Tensor:
+    """(H, W): how much each input pixel moves token (row, col) of the model's stem, |d token / d pixel| summed
+    over the token's numbers and the colours, scaled to a maximum of 1. Zero where the token cannot see."""
+    x = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    was_training = model.training
+    model.eval()  # BatchNorm on its running statistics: one image is not a batch
+    tokens = model.to_patch_embedding(x)  # (1, grid * grid, dim)
+    grid = model.config.grid
+    tokens[0, row * grid + col].pow(2).sum().backward()
+    model.train(was_training)
+    field = x.grad[0].abs().sum(0)
+    return field / field.max()
+
+
+def field_extent(field: torch.Tensor) -> tuple[int, int]:
+    """Height and width (pixels) of the box around the non-zero part of a receptive field."""
+    rows, cols = torch.nonzero(field > 0, as_tuple=True)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def plot_receptive_fields(fields: dict[str, torch.Tensor], patch_size: int, row: int, col: int) -> plt.Figure:
+    """One panel per stem: the pixels token (row, col) depends on, its own patch outlined."""
+    fig, axes = plt.subplots(1, len(fields), figsize=(3.3 * len(fields), 3.5))
+    for ax, (name, field) in zip(np.atleast_1d(axes), fields.items(), strict=True):
+        ax.imshow(field.pow(0.5), cmap="magma", vmin=0, vmax=1)  # square root: the faint edges stay visible
+        ax.add_patch(plt.Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
+                                   fill=False, ec="cyan", lw=1.2))
+        h, w = field_extent(field)
+        ax.set_title(f"{name}\nsees {h}x{w} px", fontsize=9)
+        ax.set(xticks=[], yticks=[])
+    fig.suptitle(f"which pixels token ({row}, {col}) depends on (its own {patch_size}x{patch_size} patch in cyan)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def spt_views(image: torch.Tensor) -> torch.Tensor:
+    """The five images vit-pytorch's SPT stacks before cutting patches: the image and its 1-pixel shifts
+    right, left, down and up (zero where a shift uncovers the border). (5, 3, H, W)."""
+    shifts = ((1, -1, 0, 0), (-1, 1, 0, 0), (0, 0, 1, -1), (0, 0, -1, 1))  # as vit_for_small_dataset.SPT pads
+    return torch.stack([image, *(F.pad(image, shift) for shift in shifts)])
+
+
+def plot_spt_views(image: torch.Tensor, source: str | None = None) -> plt.Figure:
+    """The image, then each shifted copy minus the image: what SPT adds to a token is mostly its edges."""
+    views = spt_views(normalize(image[None])[0])
+    titles = ["the image", "shifted right", "shifted left", "shifted down", "shifted up"]
+    fig, axes = plt.subplots(1, 5, figsize=(13, 3))
+    axes[0].imshow(as_image(views[0]))
+    for ax, view in zip(axes[1:], views[1:], strict=True):
+        diff = (view - views[0]).abs().mean(0)
+        ax.imshow(diff, cmap="gray_r", vmin=0, vmax=float(diff.quantile(0.99)))
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title if title == "the image" else f"{title} - image", fontsize=9)
+        ax.set(xticks=[], yticks=[])
+    return finish(fig, (), source)
+
+
+def lsa_view(weights: torch.Tensor, sharpen: float = 1.0) -> torch.Tensor:
+    """Attention weights (..., n, n) as locality self-attention would mix the same scores: each token's own score
+    masked out (the diagonal set to -inf) and the scores multiplied by `sharpen` (LSA learns this temperature;
+    > 1 is sharper), softmaxed again. Scores are log(weights) up to a constant per row, which softmax ignores."""
+    scores = weights.clamp_min(1e-12).log() * sharpen
+    eye = torch.eye(weights.shape[-1], dtype=torch.bool, device=weights.device)
+    return scores.masked_fill(eye, -torch.inf).softmax(-1)
+
+
+def self_attention_share(weights: torch.Tensor) -> float:
+    """The mean weight a token gives itself (the diagonal of (..., n, n) attention weights)."""
+    return float(weights.diagonal(dim1=-2, dim2=-1).mean())
+
+
+def peak_share(weights: torch.Tensor) -> float:
+    """The mean over tokens of the largest weight a token gives any token: 1/n for perfectly flat attention."""
+    return float(weights.amax(-1).mean())
+
+
+def plot_lsa(weights: dict[str, torch.Tensor], title: str) -> plt.Figure:
+    """Attention matrices (one head, one photo) side by side, each titled with its self and peak weights."""
+    fig, axes = plt.subplots(1, len(weights), figsize=(4 * len(weights), 4.2))
+    for ax, (name, w) in zip(np.atleast_1d(axes), weights.items(), strict=True):
+        ax.imshow(w, cmap="viridis", vmin=0, vmax=float(w.max()))
+        ax.set_title(f"{name}\non itself {self_attention_share(w):.3f}, peak {peak_share(w):.3f} "
+                     f"(flat: {1 / w.shape[-1]:.3f})", fontsize=9)
+        ax.set(xlabel="key token", ylabel="query token")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablation: recorded runs, one row each
+
+ABLATION_RECORD = Path(__file__).parent / "pretrained" / "ablation-cpu.csv"  # what benchmarks/ablation.py recorded
+ABLATION_BASE = "cpu-plain"  # the plain ViT every row starts from
+ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m vitlib train --set KEY=VALUE)
+    "cpu-plain": [],
+    "conv-stem": ["model.stem=conv"],
+    "conv-stem-full": ["model.stem=conv", "model.attention=full", "model.kv_init=uniform"],
+    "conv-stem-mix": ["model.stem=conv", "augment.mixup=0.2", "augment.cutmix=1.0"],
+    "spt-lsa": ["model.stem=spt", "model.attention=lsa"],  # vit-pytorch's small-data ViT (vit_for_small_dataset)
+    # higher resolution for the same token count: patch 16 is a 4-layer conv stem; fewer epochs to fit ~15 min
+    "conv-112px-p16-14ep": ["model.stem=conv", "model.image_size=112", "model.patch_size=16", "epochs=14"],
+    "conv-96px-p16-18ep": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=18"],
+    "conv-96px-p16-18ep-b64": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=18",
+                               "batch_size=64"],  # twice the optimiser steps in the same time
+    "conv-80px-p16-22ep": ["model.stem=conv", "model.image_size=80", "model.patch_size=16", "epochs=22"],
+    # the reference CNN: the same stem, 6 residual conv blocks instead of the transformer, the same budget
+    "cnn-96px-18ep": ["model.family=cnn", "model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                      "epochs=18"],
+    "cnn-96px-36ep": ["model.family=cnn", "model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                      "epochs=36"],  # twice as fast per image as the ViT: the same 15 minutes is twice the epochs
+}
+
+
+def ablation_command(name: str, data: str) -> list[str]:
+    """The command line that trains ablation row `name` on `data` into runs/ablation/<name>/."""
+    sets = [arg for setting in ABLATION_ROWS[name] for arg in ("--set", setting)]
+    return ["python", "-m", "vitlib", "train", "--preset", ABLATION_BASE, *sets, "--data", data,
+            "--run-dir", f"runs/ablation/{name}", "--no-progress"]
+
+
+def ablation_runs() -> pd.DataFrame:
+    """The recorded ablation: one line per epoch of every run, with its `run`, `device`, `data` and `command`."""
+    return reference_runs(ABLATION_RECORD)
+
+
+def ablation_table(runs: pd.DataFrame | None = None, base: Preset | None = None,
+                   rows: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """One line per recorded run (`runs`, by default ablation_runs()): what it changed from `base` (by default
+    the ABLATION_BASE preset) as `rows` (by default ABLATION_ROWS) says, the model's family and parameters, and
+    metrics.run_summary of its history (best epoch by validation log loss), with its speed and wall time."""
+    runs = ablation_runs() if runs is None else runs
+    base = get_preset(ABLATION_BASE) if base is None else base
+    rows = ABLATION_ROWS if rows is None else rows
+    lines = []
+    for name, history in runs.groupby("run", sort=False):
+        settings = rows.get(name, [])
+        preset = with_text_settings(base, settings)
+        summary = run_summary(history.sort_values("epoch"))
+        lines.append({
+            "run": name,
+            "model": preset.model.family.upper() if preset.model.family == "cnn" else "ViT",
+            "changes": ", ".join(settings) or "(none)",
+            "params (M)": round(count_parameters(build_model(preset.model)) / 1e6, 2),
+            **{k: summary[k] for k in ("epochs", "best epoch", "val acc", "val log loss")},
+            "img/s": round(float(history["images_per_s"].median())),
+            "minutes": round(float(history["elapsed_s"].max()) / 60, 1),
+            "device": history["device"].iloc[0],
+        })
+    return pd.DataFrame(lines).set_index("run")
+
+
+def plot_ablation(runs: pd.DataFrame, cnn: tuple[str, ...] = (), source: str | None = None) -> plt.Figure:
+    """Validation accuracy (left) and log loss (right) against wall time, every run; the runs named in `cnn`
+    dashed. A dotted line marks 15 minutes, the `cpu` preset's budget."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for name, h in runs.groupby("run", sort=False):
+        h = h.sort_values("epoch")
+        style = dict(ls="--" if name in cnn else "-", marker="o", ms=2.5, lw=1.3)
+        line = ax_acc.plot(h["elapsed_s"] / 60, h["val_acc"], label=name, **style)[0]
+        ax_loss.plot(h["elapsed_s"] / 60, h["val_loss"], color=line.get_color(), label=name, **style)
+    for ax in (ax_acc, ax_loss):
+        ax.axvline(15, color="gray", ls=":", lw=1)
+        ax.set(xlabel="minutes (cache, training and validation)")
+    ax_acc.set(ylabel="validation accuracy", title="accuracy against time")
+    ax_loss.set(ylabel="validation log loss", title="log loss against time")
+    finish(fig, (ax_acc, ax_loss), source)
+    ax_loss.get_legend().remove()  # one legend for both
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Linformer against full attention where n > k
+
+
+def training_speed(preset: Preset, batches: int = 4, device=None, seed: int = 0) -> float:
+    """Images per second of full training steps (augmentation included) of `preset`'s model on random images,
+    after one warm-up step; a measurement of this machine, for comparisons within one run of it."""
+    device = devices.pick_device(device)
+    torch.manual_seed(seed)
+    model = build_model(preset.model).to(device)
+    opt, scaler = make_optimizer(model, preset), make_scaler(device)
+    augment = BatchAugment(preset.augment, preset.model.num_classes)
+    size, n = preset.model.image_size, preset.batch_size
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 2, (n,), device=device)
+    for i in range(batches + 1):
+        if i == 1:
+            devices.synchronize(device)
+            start = time.perf_counter()
+        x, target = augment(images, labels)
+        train_step(model, x, target, opt, scaler, preset, device)
+    devices.synchronize(device)
+    return batches * n / (time.perf_counter() - start)
