@@ -226,8 +226,12 @@ def test_lsa_never_lets_a_token_attend_to_itself():
 def test_lsa_with_the_patch_stem_uses_the_plain_patch_embedding():
     cfg = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=4, attention="lsa", stem="patch")
     model = models.build_model(cfg)
-    linear = [m for m in model.to_patch_embedding.modules() if isinstance(m, torch.nn.Linear)]
-    assert [lin.in_features for lin in linear] == [cfg.patch_dim]
+    plain = models.build_model(cfg.replace(attention="full")).to_patch_embedding  # vit-pytorch's standard ViT's
+    shapes = {name: w.shape for name, w in plain.state_dict().items()}
+    assert {name: w.shape for name, w in model.to_patch_embedding.state_dict().items()} == shapes
+    model.to_patch_embedding.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.to_patch_embedding(x), plain(x))
     assert "small-data ViT" in models.describe(model) and "shifted" not in models.describe(model)
 
 

@@ -116,21 +116,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             transformer=transformer,
             pool=cfg.pool,
         )
-    elif cfg.attention == "lsa":  # its own stem is SPT; the "patch" stem below puts vit-pytorch's linear one back
-        model = SmallDataViT(
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            num_classes=cfg.num_classes,
-            dim=cfg.dim,
-            depth=cfg.depth,
-            heads=cfg.heads,
-            mlp_dim=4 * cfg.dim,
-            dim_head=cfg.dim // cfg.heads,
-            pool=cfg.pool,
-            dropout=cfg.dropout,
-        )
-    else:  # "full"
-        model = FullViT(
+    else:  # "full", or "lsa": vit-pytorch's small-data ViT, the same but for its attention and its SPT stem
+        vit = SmallDataViT if cfg.attention == "lsa" else FullViT
+        model = vit(
             image_size=cfg.image_size,
             patch_size=cfg.patch_size,
             num_classes=cfg.num_classes,
@@ -147,8 +135,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     elif cfg.stem == "spt" and cfg.attention != "lsa":
         model.to_patch_embedding = SPT(dim=cfg.dim, patch_size=cfg.patch_size)
     elif cfg.stem == "patch" and cfg.attention == "lsa":
-        model.to_patch_embedding = FullViT(image_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=1,
-                                           dim=cfg.dim, depth=1, heads=1, mlp_dim=1).to_patch_embedding
+        model.to_patch_embedding = patch_embedding(cfg.patch_size, cfg.dim)
     if cfg.attention == "linformer" and cfg.kv_init == "identity":  # full attention has no E and F
         init_identity_projections(model)
     if cfg.pos_init_std is not None:  # every ViT family member has these two
@@ -156,6 +143,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
     model.config = cfg
     return model
+
+
+def patch_embedding(patch_size: int, dim: int, channels: int = 3) -> nn.Sequential:
+    """vit-pytorch's patch projection (as in its standard ViT): each patch flattened, LayerNorm, Linear, LayerNorm."""
+    patch_dim = channels * patch_size**2
+    return nn.Sequential(Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size),
+                         nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
 
 
 def conv_stem(patch_size: int, dim: int, channels: int = 3) -> nn.Sequential:
