@@ -10,7 +10,6 @@ from attending mostly to itself, a conv stem builds every token from small overl
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import device as devices
-from .augment import BatchAugment, normalize
+from .augment import normalize
+from .bench import make_step, throughput, vitlib_batches
+from .cache import ImageCache
 from .checkpoints import reference_runs
 from .metrics import run_summary
 from .models import build_model, count_parameters
 from .plots import as_image, finish
 from .presets import Preset, get_preset, with_text_settings
-from .train import make_optimizer, make_scaler, train_step
 
 # ---------------------------------------------------------------------------------------------
 # What a token sees
@@ -209,22 +209,13 @@ def plot_ablation(runs: pd.DataFrame, cnn: tuple[str, ...] = (), source: str | N
 # Linformer against full attention where n > k
 
 
-def training_speed(preset: Preset, batches: int = 4, device=None, seed: int = 0) -> float:
-    """Images per second of full training steps (augmentation included) of `preset`'s model on random images,
-    after one warm-up step; a measurement of this machine, for comparisons within one run of it."""
+def training_speed(preset: Preset, seconds: float = 2.0, device=None) -> float:
+    """Images per second of `preset`'s full training steps (bench.make_step, batch augmentation included) on random
+    images, for about `seconds` after two warm-up steps: a measurement of this machine, to compare within one run."""
     device = devices.pick_device(device)
-    torch.manual_seed(seed)
-    model = build_model(preset.model).to(device)
-    opt, scaler = make_optimizer(model, preset), make_scaler(device)
-    augment = BatchAugment(preset.augment, preset.model.num_classes)
-    size, n = preset.model.image_size, preset.batch_size
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 2, (n,), device=device)
-    for i in range(batches + 1):
-        if i == 1:
-            devices.synchronize(device)
-            start = time.perf_counter()
-        x, target = augment(images, labels)
-        train_step(model, x, target, opt, scaler, preset, device)
-    devices.synchronize(device)
-    return batches * n / (time.perf_counter() - start)
+    torch.manual_seed(0)
+    size, n = preset.model.image_size, 2 * preset.batch_size
+    images = ImageCache(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8), torch.arange(n) % 2,
+                        torch.arange(n), [f"{i}.jpg" for i in range(n)])
+    step = make_step(build_model(preset.model).to(device), preset, device)
+    return throughput(vitlib_batches(images, device, preset.batch_size, preset.augment), seconds, step, device)
