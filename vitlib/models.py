@@ -24,6 +24,8 @@ from vit_pytorch.vit import ViT as FullViT
 from vit_pytorch.vit_for_small_dataset import SPT
 from vit_pytorch.vit_for_small_dataset import ViT as SmallDataViT
 
+from .patches import PATTERN as PATCH_ORDER  # vit-pytorch's patch order: rows of patches, then pixels
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -148,7 +150,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 def patch_embedding(patch_size: int, dim: int, channels: int = 3) -> nn.Sequential:
     """vit-pytorch's patch projection (as in its standard ViT): each patch flattened, LayerNorm, Linear, LayerNorm."""
     patch_dim = channels * patch_size**2
-    return nn.Sequential(Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size),
+    return nn.Sequential(Rearrange(PATCH_ORDER, p1=patch_size, p2=patch_size),
                          nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
 
 
@@ -179,8 +181,8 @@ def conv_layers(patch_size: int, dim: int, channels: int = 3) -> list[nn.Module]
 
 class SmallCNN(nn.Module):
     """The reference CNN: the conv stem, then `depth` residual blocks x + GELU(BN(conv3x3(x))) at `dim` channels
-    on the token grid, global average pooling, a linear classifier. Every ViT here has the same stem available and
-    about the same cost per image, so it is the bar a ViT trained the same way should meet."""
+    on the token grid, global average pooling, a linear classifier. It shares the ViTs' conv stem and has about as
+    many parameters (it runs about twice as fast on a CPU), so it is the bar a ViT trained the same way should meet."""
 
     def __init__(self, patch_size: int, dim: int, depth: int, num_classes: int = 2):
         super().__init__()
