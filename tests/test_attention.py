@@ -175,5 +175,11 @@ def test_plots_run():
     assert len(attention.plot_overlays(image[None].expand(2, -1, -1, -1), heads[:2], ["a", "b"], "t").axes) == 4 + 1
     assert len(attention.plot_linformer_weights(torch.rand(3, 5, 4), "t").axes) == 3 + 1
     fig = attention.plot_attention_shapes(50, 64, 16)
-    assert len(fig.axes[0].patches) == 3 + 6  # Q, Kᵀ, scores; Eᵀ, K, K̄, Q, K̄ᵀ, scores
+    # full: Q, Kᵀ, S, softmax, V, out; Linformer keys: E, K, K̄, Q, K̄ᵀ, S; values: F, V, V̄, softmax, V̄, out
+    assert len(fig.axes[0].patches) == 6 + 6 + 6
+    labels = [t.get_text().split("\n") for t in fig.axes[0].texts]
+    sizes = {tuple(parts) for parts in labels if len(parts) == 2 and " x " in parts[1]}
+    assert ("softmax(S/√d)", "50 x 64") in sizes and ("V̄ = FV", "64 x 16") in sizes and ("out", "50 x 16") in sizes
+    marked = attention.plot_overlays(image[None].expand(2, -1, -1, -1), heads[:2], ["a", "b"], "t", baseline=0.1)
+    assert any(line.get_ydata()[0] == 0.1 for line in marked.axes[-1].lines)  # the uniform baseline on the bar
     plt.close("all")

@@ -71,7 +71,9 @@ def test_test_images_get_label_minus_one(ds, tmp_path):
 def test_a_second_build_reads_the_cache_and_a_changed_file_rebuilds_it(ds, tmp_path, monkeypatch):
     index = data.index_images(ds)
     first = build_cache(ds, index, 8, cache_dir=tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["ds-train-8px.pt"]
+    written = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert written == [".ds-train-8px.pt.lock", "ds-train-8px.pt"]  # the cache, and the lock that lets one process
+    # decode while the others (torchrun's, a second notebook's) wait for it
 
     def must_not_decode(path, size=None):
         raise AssertionError("decoded again")
@@ -116,7 +118,7 @@ def test_select_picks_readable_files_in_the_order_given(ds, tmp_path):
 def test_the_default_cache_folder_follows_vitlib_data_dir(ds, tmp_path, monkeypatch):
     monkeypatch.setenv(files.DATA_DIR_ENV, str(tmp_path / "elsewhere"))
     build_cache(ds, data.index_images(ds), 8)
-    assert os.listdir(tmp_path / "elsewhere" / "cache") == ["ds-train-8px.pt"]
+    assert sorted(os.listdir(tmp_path / "elsewhere" / "cache")) == [".ds-train-8px.pt.lock", "ds-train-8px.pt"]
 
 
 def test_a_damaged_cache_file_is_rebuilt_not_a_crash(ds, tmp_path):

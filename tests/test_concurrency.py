@@ -139,6 +139,44 @@ def test_two_processes_making_the_sample_at_once_leave_one_sample_and_no_old_fol
 
 
 # ---------------------------------------------------------------------------------------------
+# The image cache
+
+CACHE = """
+import json, os, sys, time
+from pathlib import Path
+from vitlib import cache, data
+source, cache_dir, go = map(Path, sys.argv[1:])
+ds = data.prepare_data(source, dest=source.parent / "data", verbose=False)
+decoded = []
+real = cache.load_image
+def slow(path, size=None):  # slow enough that the two builds would overlap
+    decoded.append(path)
+    time.sleep(0.02)
+    return real(path, size)
+cache.load_image = slow
+go.with_name(f"ready.{os.getpid()}").touch()
+while not go.exists():
+    time.sleep(0.001)
+built = cache.build_cache(ds, data.index_images(ds), 16, cache_dir=cache_dir)
+print(json.dumps({"decoded": len(decoded), "images": len(built), "sum": int(built.images.sum())}))
+"""
+
+
+def test_two_processes_caching_the_same_images_at_once_decode_them_once(tmp_path):
+    """torchrun's processes (or two notebooks) building one cache: one decodes, the other waits and loads it."""
+    import json
+
+    source = sample.write_sample(tmp_path / "zips", n_train=60, n_test=4)
+    data.prepare_data(source, dest=tmp_path / "data", verbose=False)  # extracted once, before the race
+    procs, results = run_two_at_once(CACHE, [source, tmp_path / "cache"], tmp_path / "sync")
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+    got = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    assert sorted(g["decoded"] for g in got) == [0, 60]  # one decoded every image, the other none
+    assert got[0]["images"] == got[1]["images"] == 60 and got[0]["sum"] == got[1]["sum"]
+
+
+# ---------------------------------------------------------------------------------------------
 # The run lock
 
 HOLD = """

@@ -5,6 +5,7 @@ The real check runs on a GPU machine without network; this dry run is how CI kno
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,14 @@ def test_the_fresh_run_goes_from_the_zips_to_the_end_of_the_preset(result):
     if reached is not None:
         assert reached == pytest.approx(run["extract_s"] + run["history"]["elapsed_s"][first], abs=0.05)
     assert result["seconds_in_all"] >= run["seconds_in_all"]
+
+
+def test_the_compiled_step_is_measured_against_the_eager_one(result):
+    step = result["compiled_step"]
+    assert step["preset"] == "sample" and step["eager_images_per_s"] > 0
+    if shutil.which("g++") or shutil.which("c++"):  # what the CPU backend of torch.compile builds its kernels with
+        assert "compile_error" not in step, step.get("compile_error")
+        assert step["compiled_images_per_s"] > 0 and step["compile_s"] >= 0
+        assert step["speedup"] == pytest.approx(step["compiled_images_per_s"] / step["eager_images_per_s"], abs=1e-3)
+    else:
+        assert step["compile_error"]

@@ -18,19 +18,31 @@ def _stats(widths, heights):
 
 
 def test_odd_ones_out_picks_the_extremes_and_skips_ties():
-    odd = explore.odd_ones_out(_stats([200] * 6, [200] * 6), per=2)
+    odd = explore.odd_ones_out(_stats([200] * 10, [200] * 10), per=2)
     why = odd.groupby("why", sort=False)["file"].apply(list).to_dict()
     # colourfulness and the sizes tie everywhere: skipped; the others in ODD_CRITERIA's order
     assert list(why) == ["darkest", "brightest", "lowest contrast", "smallest file"]
     assert why["darkest"] == ["train/cat.0.jpg", "train/cat.1.jpg"]
-    assert why["brightest"] == ["train/cat.5.jpg", "train/cat.4.jpg"]
-    assert why["lowest contrast"][0] == "train/cat.5.jpg"
+    assert why["brightest"] == ["train/cat.9.jpg", "train/cat.8.jpg"]
+
+
+def test_an_image_extreme_in_two_ways_is_shown_once_and_the_grid_has_no_gaps():
+    odd = explore.odd_ones_out(_stats([200] * 10, [200] * 10), per=2)
+    assert odd["file"].is_unique
+    assert odd.groupby("why", sort=False).size().tolist() == [2, 2, 2, 2]  # every criterion fills its row
+    # cat.9 is the brightest and also the lowest in contrast: shown once, as the brightest; the lowest-contrast
+    # row takes the next ones (all others tie at 0.5: the first not yet shown), and so does the smallest-file row
+    by_why = odd.groupby("why", sort=False)["file"].apply(list)
+    assert by_why["lowest contrast"] == ["train/cat.2.jpg", "train/cat.3.jpg"]
+    assert by_why["smallest file"] == ["train/cat.4.jpg", "train/cat.5.jpg"]
 
 
 def test_odd_ones_out_finds_elongated_images_either_way_round():
-    odd = explore.odd_ones_out(_stats([200, 400, 100, 210], [200, 90, 200, 200]), per=2)
-    assert odd.loc[odd["why"] == "most elongated", "file"].tolist() == ["train/cat.1.jpg", "train/cat.2.jpg"]
-    assert odd.loc[odd["why"] == "fewest pixels", "file"].tolist() == ["train/cat.2.jpg", "train/cat.1.jpg"]
+    stats = _stats([200, 400, 100, 210], [200, 90, 200, 200])
+    by = {why: explore.odd_ones_out(stats, per=2, criteria=[(why, column, lowest)])["file"].tolist()
+          for why, column, lowest in explore.ODD_CRITERIA if why in ("most elongated", "fewest pixels")}
+    assert by["most elongated"] == ["train/cat.1.jpg", "train/cat.2.jpg"]  # 400x90 and 100x200
+    assert by["fewest pixels"] == ["train/cat.2.jpg", "train/cat.1.jpg"]
 
 
 def test_as_image_maps_every_input_range_to_zero_one():

@@ -10,7 +10,7 @@ import torch
 from vitlib import presets
 from vitlib.augment import AugmentConfig
 from vitlib.models import ModelConfig
-from vitlib.presets import PRESETS, Preset, PresetError, get_preset
+from vitlib.presets import PRESETS, Preset, PresetError, get_preset, with_text_settings
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -48,6 +48,16 @@ def test_the_cpu_preset_is_the_plain_vit_with_a_conv_stem_on_larger_photos_for_f
     same = cpu.replace(name=plain.name, about=plain.about, epochs=plain.epochs,
                        model=cpu.model.replace(stem="patch", image_size=64, patch_size=8))
     assert same == plain  # nothing else differs
+
+
+def test_the_hour_long_preset_is_the_cpu_recipe_for_four_times_the_epochs_as_the_ablation_ran_it():
+    from vitlib.small_data import ABLATION_BASE, ABLATION_ROWS
+
+    long, cpu = PRESETS["cpu-long"], PRESETS["cpu"]
+    assert long.epochs == 4 * cpu.epochs
+    assert long.replace(name=cpu.name, about=cpu.about, epochs=cpu.epochs) == cpu
+    ran = with_text_settings(PRESETS[ABLATION_BASE], ABLATION_ROWS["conv-96px-p16-72ep"])
+    assert ran.replace(name=long.name, about=long.about) == long
 
 
 def test_get_preset_applies_changes_to_a_copy():

@@ -5,6 +5,7 @@ Training runs on a tiny synthetic sample (64 images at 32 px, three steps an epo
 
 import dataclasses
 import os
+import signal
 
 import numpy as np
 import pandas as pd
@@ -401,3 +402,36 @@ def test_a_run_is_recorded_in_another_csv_with_the_command_that_reproduces_it(fi
     assert list(runs["run"]) == ["tiny"] * EPOCHS + ["other"] * EPOCHS
     assert set(runs.loc[runs["run"] == "tiny", "command"]) == {command}
     pd.testing.assert_frame_equal(checkpoints.reference_runs(record), runs, check_dtype=False)
+
+
+def test_a_compiled_run_saves_the_plain_model_and_learns_like_the_eager_one(finished, tiny, tmp_path):
+    """torch.compile wraps the model (its state_dict keys gain `_orig_mod.`); checkpoints must hold the plain one."""
+    one = PRESET.replace(epochs=1)
+    compiled = run_fit(one, tiny, tmp_path / "compiled", compile=True)
+    ckpt = checkpoints.load_checkpoint(compiled.run_dir / "last.pt")
+    assert list(ckpt["model"]) == list(finished.model.state_dict())
+    checkpoints.load_model(compiled.run_dir / "best.pt")  # loads into a freshly built model
+    eager = run_fit(one, tiny, tmp_path / "eager")
+    assert compiled.history["train_loss"].iloc[0] == pytest.approx(eager.history["train_loss"].iloc[0], rel=0.02)
+
+
+def test_mixed_precision_off_trains_in_fp32_and_says_so(tiny, tmp_path, capsys):
+    run = run_fit(PRESET.replace(epochs=1), tiny, tmp_path / "fp32", mixed_precision=False)
+    assert "fp32" in capsys.readouterr().out.splitlines()[0]
+    assert checkpoints.load_checkpoint(run.run_dir / "last.pt")["device"].endswith("fp32")
+
+
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_write_then_stops(tiny, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that lands inside torch.save used to cut the file and surface as torch's "unexpected pos" error."""
+    real = train.save_checkpoint
+
+    def interrupted_mid_write(path, state):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C (or Jupyter's interrupt) arrives while the file is written
+        real(path, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", interrupted_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(PRESET, tiny, tmp_path / "run")
+    assert "Interrupted after epoch 1; last.pt holds epoch 1" in capsys.readouterr().out
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards

@@ -219,8 +219,10 @@ def plot_heads(image, heads: torch.Tensor, title: str, cmap: str = "inferno", sy
     return fig
 
 
-def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno", label: str = "weight") -> plt.Figure:
-    """Each photo above its heat map overlay (heats: (b, grid, grid)), on one colour scale with a colour bar."""
+def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno", label: str = "weight",
+                  baseline: float | None = None) -> plt.Figure:
+    """Each photo above its heat map overlay (heats: (b, grid, grid)), on one colour scale with a colour bar;
+    `baseline` (e.g. 1/n, what every patch would get from uniform attention) is marked on the colour bar."""
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(n * 2.2 + 0.8, 4.8), squeeze=False, layout="constrained")
     norm = color_norm(heats)
@@ -229,7 +231,11 @@ def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno", l
         axes[0, i].set_title(titles[i], fontsize=8)
         axes[0, i].axis("off")
         im = overlay(axes[1, i], images[i], heats[i], cmap=cmap, norm=norm)
-    fig.colorbar(im, ax=axes[1].tolist(), shrink=0.9, label=label)
+    bar = fig.colorbar(im, ax=axes[1].tolist(), shrink=0.9, label=label)
+    if baseline is not None:
+        bar.ax.axhline(baseline, color="cyan", lw=2)
+        bar.ax.text(-0.3, baseline, f"uniform\n{baseline:.3f}", transform=bar.ax.get_yaxis_transform(), ha="right",
+                    va="center", fontsize=7, color="black")
     fig.suptitle(suptitle, fontsize=9)
     return fig
 
@@ -256,15 +262,22 @@ def plot_linformer_weights(weights: torch.Tensor, title: str) -> plt.Figure:
 
 
 def plot_attention_shapes(n: int, k: int, d_head: int) -> plt.Figure:
-    """The matrices of one head, drawn to scale: full attention's n x n map against Linformer's n x k."""
+    """The matrices of one head, drawn to scale, from the queries to the output: full attention's n x n map against
+    Linformer's n x k. E and F as in the Linformer paper (k x n; vit-pytorch stores their transposes, proj_k and
+    proj_v): the keys go through E, the values through F, and the softmax of the n x k scores mixes F V."""
     d = d_head
-    rows = {"full": [("Q", n, d, "tab:blue"), "·", ("Kᵀ", d, n, "tab:orange"), "=", ("scores", n, n, "tab:red")],
-            "Linformer": [("Eᵀ", k, n, "tab:green"), "·", ("K", n, d, "tab:orange"), "=",
-                          ("K̄ = EᵀK", k, d, "tab:olive"), None, ("Q", n, d, "tab:blue"), "·",
-                          ("K̄ᵀ", d, k, "tab:olive"), "=", ("scores", n, k, "tab:purple")]}
+    rows = {"full": [("Q", n, d, "tab:blue"), "·", ("Kᵀ", d, n, "tab:orange"), "=", ("S", n, n, "tab:red"), None,
+                     ("softmax(S/√d)", n, n, "tab:red"), "·", ("V", n, d, "tab:cyan"), "=", ("out", n, d, "tab:gray")],
+            "Linformer\nkeys": [("E", k, n, "tab:green"), "·", ("K", n, d, "tab:orange"), "=",
+                                ("K̄ = EK", k, d, "tab:olive"), None, ("Q", n, d, "tab:blue"), "·",
+                                ("K̄ᵀ", d, k, "tab:olive"), "=", ("S", n, k, "tab:purple")],
+            "Linformer\nvalues": [("F", k, n, "tab:green"), "·", ("V", n, d, "tab:cyan"), "=",
+                                  ("V̄ = FV", k, d, "tab:olive"), None, ("softmax(S/√d)", n, k, "tab:purple"), "·",
+                                  ("V̄", k, d, "tab:olive"), "=",
+                                  ("out", n, d, "tab:gray")]}
     big = max(n, k, d)
     gap = 0.2 * big
-    fig, ax = plt.subplots(figsize=(11, 4.2))
+    fig, ax = plt.subplots(figsize=(12, 6))
     y, right = 0.0, 0.0
     for label, items in rows.items():
         boxes = [item for item in items if isinstance(item, tuple)]

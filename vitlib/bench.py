@@ -22,7 +22,7 @@ from torchvision import transforms
 
 from . import metrics
 from .augment import AugmentConfig, BatchAugment
-from .cache import build_cache
+from .cache import ImageCache, build_cache
 from .data import DogsVsCats, index_images, parse_label, prepare_data
 from .device import describe_device, pick_device, synchronize
 from .metrics import SEED_ACCURACY
@@ -104,6 +104,45 @@ def make_step(model, preset: Preset, device, mixed_precision: bool = True):
     return step
 
 
+def compile_speed(preset: Preset | str = "cpu", device=None, seconds: float = 20, warmup_steps: int = 3) -> dict:
+    """torch.compile's bargain for `preset`'s training step on `device`: the seconds its first steps spend
+    compiling, against the images per second it then gains over the eager step (steady state, random images:
+    speed does not depend on what the photos show), and after how many seconds of training it has paid. Where
+    torch.compile fails here (no C++ compiler for the CPU backend, say), `compile_error` says why instead."""
+    device = pick_device(device)
+    recipe = get_preset(preset) if isinstance(preset, str) else preset
+    size, batch = recipe.model.image_size, recipe.batch_size
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4 * batch, 3, size, size), dtype=torch.uint8, generator=gen)
+    cache = ImageCache(images, torch.arange(4 * batch) % 2, torch.arange(4 * batch), [str(i) for i in range(4 * batch)])
+    result = {"preset": recipe.name, "device": describe_device(device), "torch": torch.__version__}
+    for name in ("eager", "compiled"):
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.model).to(device)
+        step = make_step(torch.compile(model) if name == "compiled" else model, recipe, device)
+        batches = vitlib_batches(cache, device, batch, recipe.augment)
+        start = time.perf_counter()
+        try:
+            for _ in range(warmup_steps):  # eager: warm-up; compiled: the compilation (forward and backward)
+                x, y = next(batches)
+                step(x, y)
+        except Exception as e:  # noqa: BLE001 - no C++ compiler, an unsupported op: say so, keep the eager numbers
+            if name == "eager":
+                raise
+            result["compile_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            return result
+        synchronize(device)
+        result[f"{name}_first_steps_s"] = round(time.perf_counter() - start, 2)
+        result[f"{name}_images_per_s"] = round(throughput(batches, seconds, step, device, warmup=0), 1)
+    eager, compiled = result["eager_images_per_s"], result["compiled_images_per_s"]
+    steady = warmup_steps * batch / compiled
+    result["compile_s"] = round(max(result["compiled_first_steps_s"] - steady, 0.0), 1)
+    result["speedup"] = round(compiled / eager, 3)
+    gain = 1 / eager - 1 / compiled  # seconds saved per image
+    result["pays_after_s"] = round(result["compile_s"] / gain / eager, 1) if gain > 0 else None  # of eager training
+    return result
+
+
 def zip_to_accuracy(source, target: float = SEED_ACCURACY, preset: str = "cpu", device=None) -> dict:
     """Seconds from the zips (fresh extraction and cache) to `target` validation accuracy with `preset`.
 
@@ -167,9 +206,11 @@ def measure(ds: DogsVsCats, seconds: float = 20, subset: int = 2048, device=None
 
 
 def run_benchmark(
-    data=None, seconds: float = 20, out=None, time_to_target: bool = False, subset: int = 2048
+    data=None, seconds: float = 20, out=None, time_to_target: bool = False, subset: int = 2048,
+    compile_preset: str | None = None,
 ) -> pd.DataFrame:
-    """`python -m vitlib bench`: measure, print, and write the results (JSON) when `out` is given."""
+    """`python -m vitlib bench`: measure, print, and write the results (JSON) when `out` is given.
+    With `compile_preset`, also torch.compile's bargain on that preset's training step (compile_speed)."""
     device = pick_device()
     ds = prepare_data(data, verbose=False)
     images = min(subset, len(index_images(ds)))
@@ -189,6 +230,9 @@ def run_benchmark(
         else:
             result[f"time_to_{SEED_ACCURACY}"] = reached = zip_to_accuracy(source, device=device)
             print(f"time from the zip to {SEED_ACCURACY} validation accuracy: {reached}")
+    if compile_preset:
+        result["compile"] = compiled = compile_speed(compile_preset, device, seconds)
+        print(f"torch.compile on the {compile_preset} preset's step: {compiled}")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")

@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import DataWarning, DogsVsCats
-from .files import atomic_path, data_dir, progress_bars
+from .files import atomic_path, data_dir, progress_bars, waiting
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
 
@@ -100,6 +100,13 @@ def build_cache(
     files = list(index["file"])
     key = fingerprint(ds, files, size)
     path = Path(cache_dir or data_dir() / "cache") / f"{ds.name}-{part}-{size}px.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one process decodes, the others (torchrun's ranks, a second notebook) wait and then load what it wrote
+    with waiting(path.parent / f".{path.name}.lock", f"another process caching {part} at {size}px"):
+        return _load_or_build(ds, index, files, key, path, size, part, workers)
+
+
+def _load_or_build(ds, index, files, key, path, size, part, workers) -> ImageCache:
     saved = {}
     if path.is_file():
         try:
@@ -137,7 +144,6 @@ def build_cache(
         files=[f for f, good in zip(files, ok, strict=True) if good],
         skipped=[f for f, good in zip(files, ok, strict=True) if not good],
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "fingerprint": key,
         "images": cache.images,

@@ -228,9 +228,13 @@ def _reliability(ax, y, p, chosen: Calibration, bins: int = 10) -> None:
         keep = n > 0
         mean_p = np.bincount(which, q, bins)[keep] / n[keep]
         dogs = np.bincount(which, y, bins)[keep] / n[keep]
-        ax.plot(mean_p, dogs, "o-", label=name, markersize=3)
+        line = ax.plot(mean_p, dogs, "o-", label=name, markersize=3)[0]
+    for x_, y_, count in zip(mean_p, dogs, n[keep], strict=True):  # how many images each point of the last stands on
+        ax.annotate(f"{count:,}", (x_, y_), xytext=(4, -9), textcoords="offset points", fontsize=6.5,
+                    color=line.get_color())
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="calibrated")
-    ax.set(xlabel="predicted P(dog), per bin", ylabel="share of dogs in the bin", title="reliability",
+    ax.set(xlabel="predicted P(dog), per bin", ylabel="share of dogs in the bin",
+           title="reliability (numbers: images per bin, calibrated)",
            xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -62,7 +62,7 @@ def _shown(path: Path) -> str:
 
 
 def training_state(*, preset, model, optimizer, scheduler, scaler, epoch: int, history: list[dict], data_id: dict,
-                   data: str, device: str) -> dict:
+                   data: str, device: str, processes: int = 1) -> dict:
     """The checkpoint `fit` writes after each epoch (see the module's docstring for the keys)."""
     rng = {"torch": torch.get_rng_state()}
     return {
@@ -80,6 +80,7 @@ def training_state(*, preset, model, optimizer, scheduler, scaler, epoch: int, h
         "data_id": dict(data_id),
         "data": data,
         "device": device,
+        "processes": processes,  # torchrun's N (a run resumes with the same N)
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ def _download(args) -> int:
 def _train(args) -> int:
     from .data import prepare_data
     from .device import pick_device
+    from .distributed import from_main, start
     from .files import PROGRESS_ENV
     from .metrics import run_summary
     from .presets import get_preset, with_text_settings
@@ -34,17 +36,20 @@ def _train(args) -> int:
     if args.no_progress:
         os.environ[PROGRESS_ENV] = "0"  # the caching bars too, not only the epochs'
 
-    device = pick_device(args.device)
-    ds = prepare_data(args.data)
+    world, device = start(pick_device(args.device))  # under torchrun: join the other processes
+    ds = prepare_data(args.data, verbose=world.main)  # downloads and extractions wait for one another (locks)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(preset, ds.identity)
-    with claim_run(run_dir):  # refusals come at once, before the images are cached
-        resume_point(run_dir, preset, ds.identity, resume=not args.fresh)
+    with contextlib.ExitStack() as held:  # rank 0 holds the folder; refusals end every process, at once
+        from_main(lambda: held.enter_context(claim_run(run_dir)) is None, world)
+        from_main(lambda: resume_point(run_dir, preset, ds.identity, not args.fresh, "cpu", world.size) is None,
+                  world)  # before the images are cached
         data = prepare_training_data(ds, preset, device)
         run = fit(preset, data, run_dir=run_dir, resume=not args.fresh,
-                  progress=False if args.no_progress else None)
-    best = run_summary(run.history)
-    print(f"best epoch {best['best epoch']}: val acc {best['val acc']:.4f}, val log loss {best['val log loss']:.4f}; "
-          f"checkpoints and history.csv in {run.run_dir}")
+                  progress=False if args.no_progress else None, compile=args.compile, mixed_precision=not args.fp32)
+    if world.main:
+        best = run_summary(run.history)
+        print(f"best epoch {best['best epoch']}: val acc {best['val acc']:.4f}, val log loss "
+              f"{best['val log loss']:.4f}; checkpoints and history.csv in {run.run_dir}")
     return 0
 
 
@@ -52,8 +57,39 @@ def _predict(args) -> int:
     from .data import prepare_data
     from .submit import predict_to_csv
 
+    if args.photos:
+        return _predict_photos(args)
+    if not args.checkpoint:
+        print("error: predict needs --checkpoint (to predict the test folder) or photos to predict "
+              "(python -m vitlib predict my_cat.jpg)", file=sys.stderr)
+        return 2
     predict_to_csv(args.checkpoint, prepare_data(args.data), Path(args.out), tta=not args.no_tta,
                    calibrate=not args.no_calibrate, submit_message=args.submit, device=args.device)
+    return 0
+
+
+def _predict_photos(args) -> int:
+    """P(dog) for your own photos: a line each; the unreadable ones named on stderr; exit 2 if none could be read."""
+    from .checkpoints import load_trained
+    from .device import pick_device
+    from .own_photos import photo_files, predict_photos
+
+    files = photo_files(args.photos)
+    if not files:
+        print(f"error: no files in {', '.join(args.photos)}", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    model, meta = load_trained(args.checkpoint, kind="cpu", device=device)
+    found = predict_photos(model, {str(f): f for f in files}, tta=not args.no_tta, device=device)
+    for row in found.itertuples():
+        if isinstance(row.problem, str):
+            print(f"skipped {row.problem}", file=sys.stderr)
+        else:
+            print(f"{row.photo}\tP(dog) = {row.p_dog:.3f}\t{row.answer}")
+    if found["problem"].notna().all():
+        print(f"error: none of the {len(found)} file(s) is an image vitlib can read", file=sys.stderr)
+        return 2
+    print(f"model: {meta.get('source', args.checkpoint or 'the cpu preset')}", file=sys.stderr)
     return 0
 
 
@@ -61,7 +97,7 @@ def _bench(args) -> int:
     from .bench import run_benchmark
 
     run_benchmark(data=args.data, seconds=args.seconds, out=args.out, time_to_target=args.time_to_target,
-                  subset=args.images)
+                  subset=args.images, compile_preset=args.compile)
     return 0
 
 
@@ -76,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_download)
 
     t = sub.add_parser("train", help="train a preset; resumes an interrupted run")
-    t.add_argument("--preset", default="cpu", help="sample, cpu, cpu-plain, cpu-full, seed or gpu")
+    t.add_argument("--preset", default="cpu", help="sample, cpu, cpu-long, cpu-plain, cpu-full, seed or gpu")
     t.add_argument("--data", default=None, help=data_help)
     t.add_argument("--run-dir", default=None, help="default: runs/<preset>-<data>")
     t.add_argument("--epochs", type=int)
@@ -88,10 +124,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
     t.add_argument("--fresh", action="store_true", help="refuse to resume (fails if the run dir has a run)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
+    t.add_argument("--fp32", action="store_true", help="no mixed precision (autocast off), for a CPU with slow bf16")
+    t.add_argument("--compile", action="store_true", help="train through torch.compile (a one-off compile first)")
     t.set_defaults(func=_train)
 
-    r = sub.add_parser("predict", help="predict the test folder and write a validated submission.csv")
-    r.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    r = sub.add_parser("predict", help="predict the test folder and write a validated submission.csv; or, given "
+                       "photos, P(dog) for each")
+    r.add_argument("photos", nargs="*", help="image files or folders of your own to predict (then no submission)")
+    r.add_argument("--checkpoint", default=None, help="a best.pt or last.pt written by training (for photos, default: "
+                   "your newest cpu run, else the one shipped with vitlib)")
     r.add_argument("--data", default=None, help=data_help)
     r.add_argument("--out", default="submission.csv")
     r.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
@@ -106,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--images", type=int, default=2048, help="images to measure on (a seeded random subset)")
     b.add_argument("--time-to-target", action="store_true",
                    help="also train the cpu preset to the seed's accuracy (minutes)")
+    b.add_argument("--compile", metavar="PRESET", nargs="?", const="cpu", default=None,
+                   help="also time torch.compile on PRESET's training step (default cpu): compile s against img/s")
     b.add_argument("--out", default=None, help="write the results as JSON here")
     b.set_defaults(func=_bench)
     return p
@@ -117,8 +160,10 @@ def main(argv=None) -> int:
     from .checkpoints import CheckpointError
     from .data import DataError
     from .device import DeviceError
+    from .distributed import DistributedError
     from .download import KaggleError
     from .files import BusyError, DiskFullError
+    from .own_photos import PhotoError
     from .presets import PresetError
     from .submit import SubmissionError
 
@@ -127,7 +172,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)  # fit has said where the run stands and how to resume
         return 130
-    except (BusyError, CheckpointError, DataError, DeviceError, DiskFullError, KaggleError, PresetError,
-            SubmissionError, FileExistsError, FileNotFoundError) as e:
+    except (BusyError, CheckpointError, DataError, DeviceError, DiskFullError, DistributedError, KaggleError,
+            PhotoError, PresetError, SubmissionError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -153,7 +153,10 @@ def _sample(dest: Path) -> DogsVsCats:
 
 def _kaggle(dest: Path, competition: str = download.COMPETITION) -> DogsVsCats:
     folder = dest / competition
-    download.download_competition(folder, competition)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # one download at a time (torchrun's processes, two notebooks): the others wait, then find it done
+    with waiting(dest / f".{competition}.download.lock", f"another process downloading {competition}"):
+        download.download_competition(folder, competition)
     return _layout(folder, competition, "kaggle")
 
 

@@ -101,7 +101,19 @@ def device_name(device: torch.device, threads: int | None = None) -> str:
     return f"{device.type} ({name})"
 
 
-def describe_device(device: torch.device) -> str:
-    """The device in words and the precision training uses on it."""
-    amp = autocast_dtype(device)
+def describe_device(device: torch.device, mixed_precision: bool = True) -> str:
+    """The device in words and the precision training uses on it (fp32 when `mixed_precision` is off)."""
+    amp = autocast_dtype(device) if mixed_precision else None
     return f"{device_name(device)}, {str(amp).removeprefix('torch.') + ' autocast' if amp else 'fp32'}"
+
+
+def cpu_bf16_units() -> str:
+    """What this CPU has for bf16, in words: AMX (Xeon since Sapphire Rapids) and/or AVX512-BF16, or neither."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    if not units:
+        return "none (bf16 would be emulated: slow)"
+    return " and ".join(units) + ("" if "AMX" in units else " (no AMX)")

@@ -95,12 +95,18 @@ def odd_ones_out(stats: pd.DataFrame, per: int = 4, criteria=ODD_CRITERIA) -> pd
     cache.image_stats' brightness, contrast and colourfulness. Looking at the extremes of a few cheap
     numbers finds the damaged, empty and mislabelled images without looking at every one. A criterion on
     which all images tie (the size ones when every image is 200x200) is skipped: its "extremes" would
-    be arbitrary. An image extreme in two ways appears twice.
+    be arbitrary. Every image appears once: one extreme in two ways is shown for the first criterion, and the
+    later one takes its next most extreme image instead, so a grid of `per` columns has no gaps or repeats.
     """
     stats = stats.assign(area=stats["width"] * stats["height"],
                          elongation=np.abs(np.log(stats["aspect"])))  # 0 for a square, the same for 2:1 and 1:2
-    picks = [stats.sort_values(column, ascending=lowest, kind="stable").head(per).assign(why=why)
-             for why, column, lowest in criteria if stats[column].nunique() > 1]
+    picks, taken = [], set()
+    for why, column, lowest in criteria:
+        if stats[column].nunique() > 1:
+            ranked = stats.sort_values(column, ascending=lowest, kind="stable")
+            pick = ranked[~ranked["file"].isin(taken)].head(per).assign(why=why)
+            taken.update(pick["file"])
+            picks.append(pick)
     return pd.concat(picks, ignore_index=True) if picks else stats.head(0).assign(why="")
 
 
@@ -119,6 +125,7 @@ def _hist_panel(ax, frame: pd.DataFrame, column: str, by: str, bins: int) -> Non
         ax.text(0.5, 0.6, f"every image: {values.iloc[0]:g}", transform=ax.transAxes, ha="center",
                 bbox={"facecolor": "white", "alpha": 0.8})
     ax.set(xlabel=column, ylabel="fraction of the group")
+    ax.legend(fontsize=8)  # overlapping bars: say which colour is which group
     ax.grid(alpha=0.3)
 
 

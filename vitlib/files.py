@@ -12,6 +12,8 @@ import contextlib
 import errno
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -153,6 +155,24 @@ def exclusive(path: Path, busy: str):
 
     with _holding(path, refuse) as held:
         yield held
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Hold Ctrl-C (SIGINT, also Jupyter's interrupt) until the block ends, then raise it: a checkpoint being
+    written is finished, not cut in half (torch.save interrupted mid-file raises its own unreadable error).
+    Only the main thread receives signals; elsewhere the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def show_images(images, titles=None, source: str | None = None, cols: int = 6, s
 
 def plot_history(histories: dict[str, pd.DataFrame], source: str | None = None) -> plt.Figure:
     """Loss and accuracy per epoch for one or more runs (name -> history.csv frame)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for name, h in histories.items():
         line = ax_loss.plot(h["epoch"], h["val_loss"], label=f"{name} validation")[0]
         ax_loss.plot(h["epoch"], h["train_loss"], ls="--", color=line.get_color(), label=f"{name} train")
@@ -50,7 +50,13 @@ def plot_history(histories: dict[str, pd.DataFrame], source: str | None = None) 
         ax_acc.plot(h["epoch"], h["train_acc"], ls="--", color=line.get_color(), label=f"{name} train")
     ax_loss.set(xlabel="epoch", ylabel="loss (validation: competition log loss)", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    return finish(fig, (ax_loss, ax_acc), source)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    handles, labels = ax_loss.get_legend_handles_labels()  # one legend for both, below them: it covers no curve
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    if source:
+        fig.suptitle(source, fontsize=10)
+    return fig
 
 
 def finish(fig: plt.Figure, axes=(), source: str | None = None) -> plt.Figure:

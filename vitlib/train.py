@@ -9,6 +9,7 @@ Every epoch draws its randomness (shuffle, crops, flips, mixes) from generators 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -23,14 +24,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import device as devices
-from . import metrics
+from . import distributed, metrics
 from .augment import BatchAugment, normalize
 from .cache import ImageCache, build_cache
 from .checkpoints import load_checkpoint, load_model, save_checkpoint, training_state
 from .data import DogsVsCats, validation_split
-from .files import exclusive, progress_bars, remove_stale_temporaries, runs_dir, write_atomic
+from .distributed import SINGLE, World
+from .files import exclusive, progress_bars, remove_stale_temporaries, runs_dir, uninterrupted, write_atomic
 from .models import build_model
-from .presets import Preset
+from .presets import Preset, PresetError
 
 
 class RunExistsError(FileExistsError):
@@ -43,7 +45,9 @@ class RunExistsError(FileExistsError):
 
 @dataclass
 class TrainData:
-    """The fixed split of one data set, cached at one resolution, on the device training will use."""
+    """The fixed split of one data set, cached at one resolution, on the device training will use.
+
+    Under torchrun each process holds only its shard of both parts (`world.shard`)."""
 
     train: ImageCache
     val: ImageCache
@@ -51,27 +55,31 @@ class TrainData:
     source: str  # DogsVsCats.describe(): what people read
     device: torch.device
     setup_s: float  # seconds it took to build or load the cache
+    world: World = SINGLE  # this process among the run's processes (one, without torchrun)
 
 
 def prepare_training_data(ds: DogsVsCats, preset: Preset, device=None, cache_dir: Path | None = None) -> TrainData:
     """The validation split of `ds` for `preset`, cached at its resolution (in `cache_dir`, default
-    data/cache), on `device` (default: the best there is) when it fits there."""
-    device = devices.pick_device(device)
+    data/cache), on `device` (default: the best there is) when it fits there.
+
+    Started by torchrun, this process joins the run's process group and keeps its own shard of each part
+    (on its own GPU)."""
+    world, device = distributed.start(devices.pick_device(device))
     start = time.perf_counter()
     index = validation_split(ds, preset)
     cache = build_cache(ds, index, preset.model.image_size, cache_dir=cache_dir)
-    on = device if _fits(cache, device) else torch.device("cpu")
-    train = cache.select(index.loc[index["split"] == "train", "file"])
-    val = cache.select(index.loc[index["split"] == "val", "file"])
+    on = device if _fits(cache, device, world) else torch.device("cpu")
+    parts = [world.shard(list(index.loc[index["split"] == part, "file"])) for part in ("train", "val")]
+    train, val = (cache.select(files) for files in parts)
     del cache  # the two parts are copies: free the whole before moving them
-    return TrainData(train.to(on), val.to(on), ds.identity, ds.describe(), device, time.perf_counter() - start)
+    return TrainData(train.to(on), val.to(on), ds.identity, ds.describe(), device, time.perf_counter() - start, world)
 
 
-def _fits(cache: ImageCache, device: torch.device) -> bool:
+def _fits(cache: ImageCache, device: torch.device, world: World = SINGLE) -> bool:
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)
-    return cache.nbytes * 2 < free
+    return cache.nbytes // world.size * 2 < free
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,16 +134,18 @@ def lr_curve(preset: Preset, steps_per_epoch: int) -> np.ndarray:
 
 @torch.inference_mode()
 def predict_proba(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 256, tta: bool = True, device: torch.device | None = None
+    model: nn.Module, images: torch.Tensor, batch_size: int = 256, tta: bool = True, device: torch.device | None = None,
+    mixed_precision: bool = True,
 ) -> np.ndarray:
-    """P(dog) for uint8 images (N, 3, S, S), in batches; with `tta`, averaged with the mirror image."""
+    """P(dog) for uint8 images (N, 3, S, S), in batches; with `tta`, averaged with the mirror image; in the device's
+    mixed precision unless `mixed_precision` is off."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device, non_blocking=True))
-        with devices.autocast(device):
+        with devices.autocast(device) if mixed_precision else contextlib.nullcontext():
             p = model(x).float().softmax(-1)[:, 1]
             if tta:
                 p = (p + model(x.flip(-1)).float().softmax(-1)[:, 1]) / 2
@@ -144,8 +154,13 @@ def predict_proba(
     return torch.cat(out).cpu().numpy() if out else np.empty(0, np.float32)
 
 
-def epoch_generator(preset: Preset, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(preset.seed * 1_000_003 + epoch)
+def epoch_seed(preset: Preset, epoch: int, rank: int = 0) -> int:
+    """The seed of epoch `epoch`'s randomness in process `rank` (each of torchrun's processes crops its own)."""
+    return preset.seed * 1_000_003 + epoch + 100_000 * rank
+
+
+def epoch_generator(preset: Preset, epoch: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(epoch_seed(preset, epoch, rank))
 
 
 def train_step(model, x, target, opt, scaler, preset: Preset, device: torch.device, mixed_precision: bool = True):
@@ -182,23 +197,32 @@ def train_one_epoch(
     epoch: int,
     device: torch.device,
     progress: bool = True,
+    world: World = SINGLE,
+    steps: int | None = None,
+    after_step=None,
+    mixed_precision: bool = True,
 ) -> dict:
+    """One pass over `data` in `steps` steps of batch_size images (default: as many as fit). Among torchrun's
+    processes, `data` is this one's shard and each step takes batch_size / world.size images from it;
+    `after_step(model)`, if given, is called after every step with `model` as trained (wrapped by DDP or
+    torch.compile when they are on: its state_dict keys then carry their prefixes)."""
     model.train()
-    torch.manual_seed(preset.seed * 1_000_003 + epoch)  # MixUp/CutMix and dropout use the global RNG
-    gen = epoch_generator(preset, epoch, device)
+    torch.manual_seed(epoch_seed(preset, epoch, world.rank))  # MixUp/CutMix and dropout use the global RNG
+    gen = epoch_generator(preset, epoch, device, world.rank)
     # the order is drawn on the CPU (the same on every device), then moved once, not once a step
     order = torch.randperm(len(data), generator=epoch_generator(preset, epoch, torch.device("cpu")))
     order = order.to(data.images.device)
-    steps = len(data) // preset.batch_size
+    batch = preset.batch_size // world.size
+    steps = len(data) // batch if steps is None else steps
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     start = time.perf_counter()
     for step in tqdm(range(steps), desc=f"epoch {epoch}", leave=False, disable=not progress):
-        idx = order[step * preset.batch_size : (step + 1) * preset.batch_size]
+        idx = order[step * batch : (step + 1) * batch]
         x = data.images[idx].to(device, non_blocking=True)
         y = data.labels[idx].to(device, non_blocking=True)
         x, target = augment(x, y, gen)
-        logits, loss = train_step(model, x, target, opt, scaler, preset, device)
+        logits, loss = train_step(model, x, target, opt, scaler, preset, device, mixed_precision)
         lr = opt.param_groups[0]["lr"]  # the rate this step used
         with warnings.catch_warnings():  # fp16: a step the scaler skips (inf gradients) still advances the schedule
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
@@ -206,9 +230,13 @@ def train_one_epoch(
         loss_sum += loss.detach() * len(y)
         hard = target.argmax(-1) if target.ndim == 2 else target
         correct += (logits.argmax(-1) == hard).sum()
+        if after_step is not None:
+            after_step(model)
+    distributed.total(loss_sum, world)
+    distributed.total(correct, world)
     devices.synchronize(device)
     seconds = time.perf_counter() - start
-    seen = steps * preset.batch_size
+    seen = steps * batch * world.size
     train_loss = loss_sum.item() / seen
     if not math.isfinite(train_loss):
         raise FloatingPointError(
@@ -245,10 +273,12 @@ def claim_run(run_dir: Path):
                      "choose another run folder. Nothing was written.")
 
 
-def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = True, device="cpu") -> dict | None:
+def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = True, device="cpu",
+                 processes: int = 1) -> dict | None:
     """The last checkpoint of `run_dir` to continue from (None for a fresh run), or a RunExistsError when
-    the folder holds a run this call must not touch: any run when `resume` is off, another recipe's, or
-    one trained on other data. Temporary files a killed run left there are removed."""
+    the folder holds a run this call must not touch: any run when `resume` is off, another recipe's, one
+    trained on other data, or by another number of processes. Temporary files a killed run left there are
+    removed."""
     run_dir = Path(run_dir)
     if run_dir.is_dir():
         remove_stale_temporaries(run_dir)
@@ -265,6 +295,10 @@ def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = Tr
     if ckpt["data_id"] != dict(data_id):
         raise RunExistsError(f"{run_dir} holds a run trained on other data ({ckpt['data']}); choose another "
                              "run_dir. Nothing was overwritten.")
+    if ckpt.get("processes", 1) != processes:  # another N draws other crops and may take other steps per epoch
+        raise RunExistsError(f"{run_dir} holds a run trained by {ckpt.get('processes', 1)} process(es); resume it "
+                             "with as many (torchrun --nproc_per_node), or choose another run_dir. Nothing was "
+                             "overwritten.")
     return ckpt
 
 
@@ -299,7 +333,8 @@ class Run:
 
 
 def fit(preset: Preset, data: TrainData, run_dir: Path | None = None, resume: bool = True,
-        progress: bool | None = None, stop_when=None) -> Run:
+        progress: bool | None = None, stop_when=None, compile: bool = False, after_step=None,
+        mixed_precision: bool = True) -> Run:
     """Train `preset` on `data` (from prepare_training_data), writing history.csv, last.pt and best.pt
     into `run_dir` (default runs/<preset>-<data>).
 
@@ -307,34 +342,64 @@ def fit(preset: Preset, data: TrainData, run_dir: Path | None = None, resume: bo
     from its last completed epoch; a finished run just returns. Another recipe's run, or a second
     process training into the same folder, is refused rather than overwritten. `stop_when(row)`,
     given each epoch's history row, can end the run early (the benchmark stops at the seed's accuracy).
+    `compile` trains through torch.compile (a one-off compile, then faster steps where it pays: see
+    bench.compile_speed); `after_step(model)` is called after every optimiser step. `mixed_precision` off
+    trains and validates in fp32 (for a CPU whose bf16 turns out slower than fp32: measure, notebook 04).
+
+    Under torchrun (data.world has several processes) every process calls this with its shard; they
+    train one model through DistributedDataParallel, and rank 0 alone prints, holds the run folder and
+    writes to it. See vitlib.distributed for the batch and learning-rate rule.
     """
-    progress = progress_bars() if progress is None else progress
+    world = data.world
+    say = print if world.main else _silent
+    progress = (progress_bars() if progress is None else progress) and world.main
     device = data.device
     run_dir = Path(run_dir or default_run_dir(preset, data.data_id))
     if data.train.size != preset.model.image_size:
         raise ValueError(f"`data` holds images at {data.train.size} px; {preset.name} trains at "
                          f"{preset.model.image_size} px: prepare_training_data(ds, preset)")
-    steps = len(data.train) // preset.batch_size
+    if preset.batch_size % world.size:
+        raise PresetError(f"batch_size {preset.batch_size} does not split over {world.size} processes: choose a "
+                         f"multiple of {world.size} (each process takes an equal part of every batch)")
+    # every process takes the same number of steps: as many as the smallest shard holds
+    steps = min(distributed.gather(len(data.train) // (preset.batch_size // world.size), world))
     if steps == 0:
-        raise ValueError(f"{len(data.train)} training images is less than one batch of {preset.batch_size}")
-    print(f"device: {devices.describe_device(device)}\ndata: {data.source}\nrun: {preset.name} -> {run_dir.name}/")
+        raise ValueError(f"{len(data.train) * world.size} training images is less than one batch of "
+                         f"{preset.batch_size}")
+    say(f"device: {devices.describe_device(device, mixed_precision)}{_processes(world)}"
+        f"\ndata: {data.source}\nrun: {preset.name} -> {run_dir.name}/")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    with claim_run(run_dir):
-        ckpt = resume_point(run_dir, preset, data.data_id, resume, device)
+    with contextlib.ExitStack() as held:
+        # rank 0 holds the folder; a refusal (busy, another recipe) ends every process, none left waiting
+        distributed.from_main(functools.partial(_hold, held, run_dir), world)
+        ckpt = distributed.from_main(lambda: resume_point(run_dir, preset, data.data_id, resume,
+                                                          device if world.size == 1 else "cpu", world.size), world)
         torch.manual_seed(preset.seed)
         model = build_model(preset.model).to(device)
         opt = make_optimizer(model, preset)
         sched = make_scheduler(opt, preset, steps)
-        scaler = make_scaler(device)
-        rows = _restore(ckpt, model, opt, sched, scaler, preset) if ckpt else []
-        rows = _epochs(preset, data, run_dir, model, opt, sched, scaler, rows, progress, stop_when)
+        scaler = make_scaler(device, mixed_precision)
+        rows = _restore(ckpt, model, opt, sched, scaler, preset, say) if ckpt else []
+        trained = distributed.wrap(model, world, device)
+        trained = torch.compile(trained) if compile else trained
+        rows = _epochs(preset, data, run_dir, model, trained, opt, sched, scaler, rows, progress, stop_when, steps,
+                       after_step, mixed_precision)
     return Run(preset, run_dir, pd.DataFrame(rows), model, data, device)
 
 
-def _restore(ckpt: dict, model, opt, sched, scaler, preset: Preset) -> list[dict]:
+def _hold(held: contextlib.ExitStack, run_dir: Path) -> None:
+    """Claim `run_dir` until `held` closes (BusyError at once if another process trains into it)."""
+    held.enter_context(claim_run(run_dir))
+
+
+def _silent(*args, **kwargs) -> None:
+    """print, for the processes other than rank 0."""
+
+
+def _restore(ckpt: dict, model, opt, sched, scaler, preset: Preset, say=print) -> list[dict]:
     """Load a checkpoint's training state into the freshly built parts; return its history rows."""
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
@@ -343,14 +408,16 @@ def _restore(ckpt: dict, model, opt, sched, scaler, preset: Preset) -> list[dict
         scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())
     done = ckpt["epoch"]
-    print(f"resuming after epoch {done}" if done < preset.epochs else f"already trained: {done} epochs")
+    say(f"resuming after epoch {done}" if done < preset.epochs else f"already trained: {done} epochs")
     return pd.DataFrame(ckpt["history"]).to_dict("records")
 
 
-def _epochs(preset, data: TrainData, run_dir: Path, model, opt, sched, scaler, rows: list[dict], progress: bool,
-            stop_when) -> list[dict]:
-    """The epoch loop from after the last row of `rows`: train, validate, save; each epoch's row appended."""
-    device = data.device
+def _epochs(preset, data: TrainData, run_dir: Path, model, trained, opt, sched, scaler, rows: list[dict],
+            progress: bool, stop_when, steps: int, after_step, mixed_precision: bool = True) -> list[dict]:
+    """The epoch loop from after the last row of `rows`: train (`trained`: the model itself, or wrapped by DDP
+    or torch.compile), validate (`model`), save; each epoch's row appended."""
+    device, world = data.device, data.world
+    say = print if world.main else _silent
     augment = BatchAugment(preset.augment, preset.model.num_classes)
     start = time.perf_counter() - data.setup_s  # the run's clock includes building or loading the cache
     offset = rows[-1]["elapsed_s"] if rows else 0.0
@@ -360,31 +427,65 @@ def _epochs(preset, data: TrainData, run_dir: Path, model, opt, sched, scaler, r
     epoch = saved = first - 1
     try:
         for epoch in range(first, preset.epochs + 1):
-            row = {"epoch": epoch,
-                   **train_one_epoch(model, data.train, opt, sched, scaler, augment, preset, epoch, device, progress)}
+            row = {"epoch": epoch, **train_one_epoch(trained, data.train, opt, sched, scaler, augment, preset, epoch,
+                                                     device, progress, world, steps, after_step, mixed_precision)}
             t = time.perf_counter()
-            p = predict_proba(model, data.val.images, tta=preset.tta, device=device)
-            y = data.val.labels.cpu().numpy()
+            distributed.same_buffers(model, world)  # BatchNorm's statistics: rank 0's, on every process
+            y, p = _validate(model, data, preset, mixed_precision)
             row.update(val_loss=metrics.log_loss(y, p), val_acc=metrics.accuracy(y, p), eval_s=time.perf_counter() - t,
                        elapsed_s=offset + time.perf_counter() - start)
             rows.append(row)
-            print(f"epoch {epoch:3d}/{preset.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
-                  f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['epoch_s']:.1f}s "
-                  f"{row['images_per_s']:.0f} img/s")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            state = training_state(preset=preset, model=model, optimizer=opt, scheduler=sched, scaler=scaler,
-                                   epoch=epoch, history=rows, data_id=data.data_id, data=data.source,
-                                   device=devices.describe_device(device))
-            if row["val_loss"] < best:  # best.pt first: a crash before last.pt only repeats this epoch
-                best = row["val_loss"]
-                save_checkpoint(run_dir / "best.pt", state)
-            save_checkpoint(last, state)
-            saved = epoch
-            write_atomic(run_dir / "history.csv", pd.DataFrame(rows).to_csv(index=False))
-            if stop_when is not None and stop_when(row):
+            say(f"epoch {epoch:3d}/{preset.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['epoch_s']:.1f}s "
+                f"{row['images_per_s']:.0f} img/s")
+            state = functools.partial(training_state, preset=preset, model=model, optimizer=opt, scheduler=sched,
+                                      scaler=scaler, epoch=epoch, history=rows, data_id=data.data_id,
+                                      data=data.source, processes=world.size,
+                                      device=devices.describe_device(device, mixed_precision) + _processes(world))
+            # rank 0 writes; every process waits for it and learns of a failure (a full disk) at once. A Ctrl-C
+            # meanwhile is held until the checkpoint is whole and `saved` says so
+            with uninterrupted():
+                best = distributed.from_main(functools.partial(_save, run_dir, state, rows, best), world)
+                saved = epoch
+            # rank 0 decides, so that every process stops together
+            if stop_when is not None and distributed.from_main(functools.partial(stop_when, row), world):
                 break
     except KeyboardInterrupt:
         when = f"after epoch {epoch}" if saved == epoch else f"during epoch {epoch}"
-        print(f"\nInterrupted {when}; {last.name} holds epoch {saved}. Run the same call again to resume.")
+        say(f"\nInterrupted {when}; {last.name} holds epoch {saved}. Run the same call again to resume.")
         raise
+    except RuntimeError as e:
+        if world.size == 1 or not distributed.lost(e):
+            raise
+        raise distributed.DistributedError(
+            f"process {world.rank} of {world.size} lost the other processes during epoch {epoch} "
+            f"({distributed.reason(e)}); {last.name} holds epoch {saved}: run the same torchrun command to resume"
+        ) from None
     return rows
+
+
+def _save(run_dir: Path, state, rows: list[dict], best: float) -> float:
+    """best.pt (when this epoch is the best yet), last.pt and history.csv; returns the best validation loss."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = state()
+    if rows[-1]["val_loss"] < best:  # best.pt first: a crash before last.pt only repeats this epoch
+        best = rows[-1]["val_loss"]
+        save_checkpoint(run_dir / "best.pt", state)
+    save_checkpoint(run_dir / "last.pt", state)
+    write_atomic(run_dir / "history.csv", pd.DataFrame(rows).to_csv(index=False))
+    return best
+
+
+def _processes(world: World) -> str:
+    return f" x {world.size} processes" if world.size > 1 else ""
+
+
+def _validate(model, data: TrainData, preset: Preset, mixed_precision: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and P(dog) of the whole validation part; under torchrun each process predicts its shard and
+    every process gets all of them, so all compute the same metrics."""
+    p = predict_proba(model, data.val.images, tta=preset.tta, device=data.device, mixed_precision=mixed_precision)
+    y = data.val.labels.cpu().numpy()
+    if data.world.size == 1:
+        return y, p
+    parts = distributed.gather((y, p), data.world)
+    return np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts])
