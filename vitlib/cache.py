@@ -25,6 +25,7 @@ from .data import DataWarning, DogsVsCats
 from .files import atomic_path, data_dir, progress_bars, waiting
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what Pillow raises for a bad file
 
 
 def load_image(path: Path, size: int | None = None) -> np.ndarray:
@@ -119,7 +120,7 @@ def _load_or_build(ds, index, files, key, path, size, part, workers) -> ImageCac
     def decode(rel):
         try:
             return load_image(ds.path(rel), size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        except UNREADABLE:
             return None
 
     # decoded straight into the final (N, 3, S, S) layout: one copy of the cache in memory, not three

@@ -179,10 +179,10 @@ def from_main(fn, world: World):
     return value
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A hash of the model's weights, bit for bit, for comparing replicas."""
+def fingerprint(model: nn.Module | dict) -> str:
+    """A hash of the model's weights (or of a dict of named tensors), bit for bit, for comparing replicas."""
     h = hashlib.sha256()
-    for name, value in model.state_dict().items():
+    for name, value in (model if isinstance(model, dict) else model.state_dict()).items():
         h.update(name.encode())
         h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

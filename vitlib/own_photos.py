@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import attention
 from .augment import normalize
-from .cache import load_image
+from .cache import UNREADABLE, load_image
 from .train import predict_proba
 
 
@@ -47,7 +47,7 @@ def read_photo(source, size: int, name: str | None = None) -> torch.Tensor:
     name = name or (Path(source).name if not isinstance(source, bytes) else "the upload")
     try:
         array = load_image(io.BytesIO(source) if isinstance(source, bytes) else Path(source), size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UNREADABLE as e:
         why = "not an image" if isinstance(e, Image.UnidentifiedImageError) else f"unreadable: {e}"
         raise PhotoError(f"{name}: {why} (vitlib reads JPEG, PNG, WebP, GIF, BMP and the other formats of Pillow)") \
             from None
