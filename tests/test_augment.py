@@ -82,3 +82,14 @@ def test_without_mixes_labels_stay_hard():
     assert BatchAugment(AugmentConfig()).mix is None
     _, y = BatchAugment(AugmentConfig())(images(), torch.arange(6), gen())
     assert y.dtype == torch.long and y.tolist() == list(range(6))
+
+
+def test_a_larger_cache_is_resampled_down_to_the_output_size():
+    small = images(size=8)
+    large = small.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)  # each pixel a 2x2 block
+    whole = BatchAugment(AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False), size=8)
+    out, _ = whole(large, torch.arange(6), gen())
+    assert out.shape == (6, 3, 8, 8)
+    torch.testing.assert_close(out, normalize(small))  # each output pixel is the mean of its 2x2 block
+    cropped, _ = BatchAugment(AugmentConfig(scale=(0.5, 0.5)), size=8)(large, torch.arange(6), gen())
+    assert cropped.shape == (6, 3, 8, 8)

@@ -50,13 +50,14 @@ def test_the_cpu_preset_is_the_plain_vit_with_a_conv_stem_on_larger_photos_for_f
     assert same == plain  # nothing else differs
 
 
-def test_the_hour_long_preset_is_the_cpu_recipe_for_four_times_the_epochs_as_the_ablation_ran_it():
-    from vitlib.small_data import ABLATION_BASE, ABLATION_ROWS
+def test_the_hour_long_preset_is_the_cpu_recipe_for_four_times_the_epochs_with_wider_crops_as_the_ablation_ran_it():
+    from vitlib.small_data import row_recipe
 
     long, cpu = PRESETS["cpu-long"], PRESETS["cpu"]
     assert long.epochs == 4 * cpu.epochs
-    assert long.replace(name=cpu.name, about=cpu.about, epochs=cpu.epochs) == cpu
-    ran = with_text_settings(PRESETS[ABLATION_BASE], ABLATION_ROWS["conv-96px-p16-72ep"])
+    assert long.augment.scale == (0.35, 1.0) and cpu.augment.scale == (0.7, 1.0)
+    assert long.replace(name=cpu.name, about=cpu.about, epochs=cpu.epochs, augment=cpu.augment) == cpu
+    ran = row_recipe("conv-96px-p16-72ep-crop35")
     assert ran.replace(name=long.name, about=long.about) == long
 
 
@@ -97,6 +98,7 @@ BAD = [
     ("grad_clip", 0), ("grad_clip", -1.0), ("grad_clip", math.nan),
     ("optimizer", "sgd"), ("schedule", "step"),
     ("model", {"dim": 64}), ("augment", {"scale": (0.5, 1.0)}),
+    ("cache_size", 16), ("cache_size", 48.0), ("cache_size", True),  # the sample's model takes 32 px
 ]
 
 
@@ -112,7 +114,8 @@ def test_each_invalid_setting_is_refused_with_one_line_naming_it(field, value):
 
 @pytest.mark.parametrize(("field", "value"), [("epochs", 1), ("batch_size", 1), ("seed", 0), ("lr", 1e-6),
                                               ("weight_decay", 0.0), ("warmup_epochs", 0), ("label_smoothing", 0.0),
-                                              ("grad_clip", None), ("optimizer", "adam"), ("schedule", "constant")])
+                                              ("grad_clip", None), ("optimizer", "adam"), ("schedule", "constant"),
+                                              ("cache_size", 32), ("cache_size", None)])
 def test_the_edges_of_each_range_are_allowed(field, value):
     assert getattr(get_preset("sample", **{field: value}), field) == value
 
@@ -182,3 +185,9 @@ def test_text_settings_are_read_as_the_command_line_reads_them():
     assert presets.with_text_settings(plain, []) is plain
     with pytest.raises(PresetError, match="KEY=VALUE"):
         presets.with_text_settings(plain, ["stem"])
+
+
+def test_the_training_photos_are_cached_at_cache_size_or_else_at_the_models_size():
+    assert get_preset("sample").train_size == 32
+    assert get_preset("sample", cache_size=40).train_size == 40
+    assert with_text_settings(get_preset("cpu"), ["cache_size=112"]).train_size == 112

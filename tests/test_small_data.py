@@ -95,6 +95,20 @@ def test_the_ablation_table_reads_each_runs_best_checkpoint_and_its_changes():
     assert len(fig.axes[0].lines) == len(fig.axes[1].lines) == 2 + 1  # a curve per run, and the 15-minute mark
 
 
+def test_the_best_run_has_the_highest_accuracy_and_among_equals_the_lower_log_loss():
+    table = pd.DataFrame({"val acc": [0.80, 0.85, 0.85, 0.84], "val log loss": [0.30, 0.36, 0.33, 0.20]},
+                         index=["a", "b", "c", "d"])
+    assert small_data.best_run(table) == "c"
+    assert small_data.best_run(table.drop(index="c")) == "b"
+
+
+def test_a_rows_recipe_is_the_base_preset_with_the_rows_settings():
+    recipe = small_data.row_recipe("conv-96px-p16-18ep-cache112")
+    base = get_preset(small_data.ABLATION_BASE)
+    assert (recipe.model.stem, recipe.model.image_size, recipe.epochs, recipe.cache_size) == ("conv", 96, 18, 112)
+    assert recipe.replace(model=base.model, epochs=base.epochs, cache_size=None) == base
+
+
 def test_training_speed_is_images_per_second_of_real_steps():
     speed = small_data.training_speed(get_preset("sample", batch_size=8), seconds=0.2, device="cpu")
     assert math.isfinite(speed) and speed > 0

@@ -209,6 +209,19 @@ def test_fit_refuses_data_prepared_for_another_resolution(tiny, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_a_larger_cache_holds_the_training_photos_and_validation_stays_at_the_models_size(tiny, tmp_path):
+    preset = PRESET.replace(cache_size=48, epochs=1)
+    prepared = train.prepare_training_data(tiny, preset, torch.device("cpu"))
+    plain = train.prepare_training_data(tiny, PRESET, torch.device("cpu"))
+    assert (prepared.train.size, prepared.val.size) == (48, 32)
+    assert prepared.train.files == plain.train.files and prepared.val.files == plain.val.files  # the same split
+    torch.testing.assert_close(prepared.val.images, plain.val.images)
+    run = run_fit(preset, tiny, tmp_path / "large", data=prepared)
+    assert len(run.history) == 1 and np.isfinite(run.history["val_loss"]).all()
+    with pytest.raises(ValueError, match="caches at 48 px and validates at 32 px"):
+        run_fit(preset, tiny, tmp_path / "plain", data=plain)  # data cached at 32 px for a 48 px cache
+
+
 def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     def crash(obj, f, *args, **kwargs):
         f.write(b"half a checkp")

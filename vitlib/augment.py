@@ -66,18 +66,21 @@ def crop_flip_grid(batch: int, scale, ratio, flip: bool, out_size: int, device,
 
 
 class BatchAugment(torch.nn.Module):
-    """uint8 images (B, 3, S, S) and labels -> augmented float images and (soft) targets."""
+    """uint8 images (B, 3, S, S) and labels -> augmented float images (B, 3, size, size) and (soft) targets.
 
-    def __init__(self, cfg: AugmentConfig, num_classes: int = 2):
+    `size` None keeps S; a smaller size resamples every crop down to it (a cache larger than the model's input)."""
+
+    def __init__(self, cfg: AugmentConfig, num_classes: int = 2, size: int | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.size = cfg, size
         mixes = [m(alpha=a, num_classes=num_classes) for m, a in ((v2.MixUp, cfg.mixup), (v2.CutMix, cfg.cutmix))
                  if a > 0]
         self.mix = v2.RandomChoice(mixes) if mixes else None
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
         cfg, x = self.cfg, normalize(images)
-        grid = crop_flip_grid(len(x), cfg.scale, cfg.ratio, cfg.flip, x.shape[-1], x.device, generator)
+        grid = crop_flip_grid(len(x), cfg.scale, cfg.ratio, cfg.flip, self.size or x.shape[-1], x.device,
+                              generator)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if cfg.saturation:
             s = 1 + (torch.rand(len(x), 1, 1, 1, device=x.device, generator=generator) * 2 - 1) * cfg.saturation

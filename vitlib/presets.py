@@ -2,7 +2,7 @@
 
 `seed` is the seed notebook's recipe as it actually ran (its StepLR was never stepped, so the
 learning rate stayed 3e-5). `cpu` is the best a 2-core CPU trains in about 15 minutes (chosen by the
-ablation in notebook 05), `cpu-long` the same recipe for about an hour; `cpu-plain` is the plain ViT
+ablation in notebook 05), `cpu-long` the same recipe for about an hour, with wider crops; `cpu-plain` is the plain ViT
 notebooks 02 and 03 look inside (one linear map per patch, as the seed), and `cpu-full` the same with
 full attention, for comparison. `gpu` is the recipe for a CUDA GPU (not yet measured on one). `sample`
 runs in seconds on the synthetic sample for CI.
@@ -40,6 +40,9 @@ class Preset:
     schedule: str = "cosine"  # linear warm-up then cosine decay to 0; or "constant"
     label_smoothing: float = 0.1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache_size: int | None = None  # px the training photos are cached at, when larger than model.image_size: each
+    # crop is then resampled down to image_size (sharper than a crop of a cache at image_size, blown up);
+    # validation and test photos stay cached at image_size. None: image_size
     grad_clip: float | None = 1.0
     tta: bool = True  # average the prediction of the image and its mirror image
     val_fraction: float = VAL_FRACTION
@@ -58,6 +61,9 @@ class Preset:
         for name in ("weight_decay", "warmup_epochs"):
             _check(name, getattr(self, name), _number(getattr(self, name)) and getattr(self, name) >= 0,
                    "a number >= 0")
+        _check("cache_size", self.cache_size, self.cache_size is None or _whole(self.cache_size)
+               and isinstance(self.model, ModelConfig) and self.cache_size >= self.model.image_size,
+               f"None or a whole number >= model.image_size ({getattr(self.model, 'image_size', '?')})")
         _check("label_smoothing", self.label_smoothing, _number(self.label_smoothing)
                and 0 <= self.label_smoothing < 1, "a number in [0, 1)")
         _check("val_fraction", self.val_fraction, _number(self.val_fraction) and 0 < self.val_fraction < 1,
@@ -68,6 +74,11 @@ class Preset:
         _check("schedule", self.schedule, self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
         _check("model", self.model, isinstance(self.model, ModelConfig), "a ModelConfig")
         _check("augment", self.augment, isinstance(self.augment, AugmentConfig), "an AugmentConfig")
+
+    @property
+    def train_size(self) -> int:
+        """The size (px) the training photos are cached at: cache_size, or the model's image_size."""
+        return self.cache_size or self.model.image_size
 
     def replace(self, **changes) -> Preset:
         return replace(self, **changes)
@@ -142,8 +153,10 @@ PRESETS = {
 
 PRESETS["cpu-long"] = PRESETS["cpu"].replace(
     name="cpu-long",
-    about="a 2-core CPU, about an hour: the cpu preset for four times the epochs (notebook 05's ablation)",
+    about="a 2-core CPU, about an hour: the cpu preset for four times the epochs, with crops of 35-100 % of the photo "
+          "against overfitting (notebook 05's ablation)",
     epochs=72,
+    augment=replace(PRESETS["cpu"].augment, scale=(0.35, 1.0)),
 )
 
 PRESETS["cpu-full"] = PRESETS["cpu-plain"].replace(

@@ -68,10 +68,13 @@ def prepare_training_data(ds: DogsVsCats, preset: Preset, device=None, cache_dir
     start = time.perf_counter()
     index = validation_split(ds, preset)
     cache = build_cache(ds, index, preset.model.image_size, cache_dir=cache_dir)
-    on = device if _fits(cache, device, world) else torch.device("cpu")
+    # a larger cache for the training photos (preset.cache_size): the whole split, so that it is the same file a
+    # preset training at that size uses
+    large = cache if preset.train_size == cache.size else build_cache(ds, index, preset.train_size, cache_dir=cache_dir)
+    on = device if _fits(cache, device, world) and _fits(large, device, world) else torch.device("cpu")
     parts = [world.shard(list(index.loc[index["split"] == part, "file"])) for part in ("train", "val")]
-    train, val = (cache.select(files) for files in parts)
-    del cache  # the two parts are copies: free the whole before moving them
+    train, val = large.select(parts[0]), cache.select(parts[1])
+    del cache, large  # the two parts are copies: free the wholes before moving them
     return TrainData(train.to(on), val.to(on), ds.identity, ds.describe(), device, time.perf_counter() - start, world)
 
 
@@ -355,9 +358,10 @@ def fit(preset: Preset, data: TrainData, run_dir: Path | None = None, resume: bo
     progress = (progress_bars() if progress is None else progress) and world.main
     device = data.device
     run_dir = Path(run_dir or default_run_dir(preset, data.data_id))
-    if data.train.size != preset.model.image_size:
-        raise ValueError(f"`data` holds images at {data.train.size} px; {preset.name} trains at "
-                         f"{preset.model.image_size} px: prepare_training_data(ds, preset)")
+    if (data.train.size, data.val.size) != (preset.train_size, preset.model.image_size):
+        raise ValueError(f"`data` holds images at {data.train.size} px (validation {data.val.size} px); {preset.name}"
+                         f" caches at {preset.train_size} px and validates at {preset.model.image_size} px: "
+                         "prepare_training_data(ds, preset)")
     if preset.batch_size % world.size:
         raise PresetError(f"batch_size {preset.batch_size} does not split over {world.size} processes: choose a "
                          f"multiple of {world.size} (each process takes an equal part of every batch)")
@@ -418,7 +422,7 @@ def _epochs(preset, data: TrainData, run_dir: Path, model, trained, opt, sched, 
     or torch.compile), validate (`model`), save; each epoch's row appended."""
     device, world = data.device, data.world
     say = print if world.main else _silent
-    augment = BatchAugment(preset.augment, preset.model.num_classes)
+    augment = BatchAugment(preset.augment, preset.model.num_classes, preset.model.image_size)
     start = time.perf_counter() - data.setup_s  # the run's clock includes building or loading the cache
     offset = rows[-1]["elapsed_s"] if rows else 0.0
     best = min((r["val_loss"] for r in rows), default=float("inf"))
