@@ -95,6 +95,14 @@ def test_the_ablation_table_reads_each_runs_best_checkpoint_and_its_changes():
     assert len(fig.axes[0].lines) == len(fig.axes[1].lines) == 2 + 1  # a curve per run, and the 15-minute mark
 
 
+def test_the_ablation_plot_draws_more_runs_than_it_has_colours():
+    runs = pd.concat([_history(f"run{i}", [0.7, 0.8], [0.6, 0.5]) for i in range(23)])
+    fig = small_data.plot_ablation(runs)
+    curves = [line for line in fig.axes[0].lines if line.get_label().startswith("run")]
+    assert len(curves) == 23
+    assert len({tuple(c.get_color()) for c in curves}) == 20  # tab20's colours, then again from the first
+
+
 def test_the_best_run_has_the_highest_accuracy_and_among_equals_the_lower_log_loss():
     table = pd.DataFrame({"val acc": [0.80, 0.85, 0.85, 0.84], "val log loss": [0.30, 0.36, 0.33, 0.20]},
                          index=["a", "b", "c", "d"])

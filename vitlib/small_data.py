@@ -220,7 +220,7 @@ def plot_ablation(runs: pd.DataFrame, cnn: tuple[str, ...] = (), source: str | N
     the `cpu` preset's budget."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 5.4), layout="constrained")
     groups = list(runs.groupby("run", sort=False))
-    colors = plt.cm.tab20(np.linspace(0, 1, 20))[: len(groups)] if len(groups) > 10 else [None] * len(groups)
+    colors = plt.cm.tab20(np.arange(len(groups)) % 20) if len(groups) > 10 else [None] * len(groups)  # 21+: repeats
     for (name, h), color in zip(groups, colors, strict=True):  # a colour of its own for every run
         h = h.sort_values("epoch")
         style = dict(ls="--" if name in cnn else "-", marker="o", ms=2.5, lw=1.3, color=color)
