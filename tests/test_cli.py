@@ -207,8 +207,10 @@ class Running:
     """`python -m vitlib ...` started in the background, its output read line by line as it comes."""
 
     def __init__(self, args, env: dict):
+        # Ctrl-C as in a terminal, even where the tests themselves run with SIGINT ignored (nohup ... &)
         self.proc = subprocess.Popen([sys.executable, "-m", "vitlib", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+                                     stderr=subprocess.PIPE, text=True, env=env,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.out, self.err = [], []
         self.readers = [threading.Thread(target=self._read, args=pair, daemon=True)
                         for pair in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]

@@ -443,8 +443,29 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_write_then_stops(tiny, tm
         real(path, state)
 
     monkeypatch.setattr(train, "save_checkpoint", interrupted_mid_write)
-    with pytest.raises(KeyboardInterrupt):
-        run_fit(PRESET, tiny, tmp_path / "run")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal or Jupyter
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_fit(PRESET, tiny, tmp_path / "run")
+    finally:
+        now = signal.signal(signal.SIGINT, previous)
     assert "Interrupted after epoch 1; last.pt holds epoch 1" in capsys.readouterr().out
     assert checkpoints.load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+    assert now is signal.default_int_handler  # Ctrl-C works as before afterwards
+
+
+def test_where_ctrl_c_is_ignored_a_signal_during_a_checkpoint_write_stays_ignored(tiny, tmp_path, monkeypatch):
+    """A run started by `nohup ... &` ignores SIGINT: a checkpoint write must not turn one into a KeyboardInterrupt."""
+    real = train.save_checkpoint
+
+    def interrupted_mid_write(path, state):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(path, state)
+
+    monkeypatch.setattr(train, "save_checkpoint", interrupted_mid_write)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = run_fit(PRESET, tiny, tmp_path / "run")
+    finally:
+        now = signal.signal(signal.SIGINT, previous)
+    assert len(run.history) == EPOCHS and now is signal.SIG_IGN

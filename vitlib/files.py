@@ -161,8 +161,9 @@ def exclusive(path: Path, busy: str):
 def uninterrupted():
     """Hold Ctrl-C (SIGINT, also Jupyter's interrupt) until the block ends, then raise it: a checkpoint being
     written is finished, not cut in half (torch.save interrupted mid-file raises its own unreadable error).
-    Only the main thread receives signals; elsewhere the block just runs."""
-    if threading.current_thread() is not threading.main_thread():
+    Only the main thread receives signals; elsewhere the block just runs, as it does where Ctrl-C is ignored
+    (a run started by `nohup ... &`): an ignored Ctrl-C stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     caught = []
