@@ -100,7 +100,8 @@ def test_the_ablation_plot_draws_more_runs_than_it_has_colours():
     fig = small_data.plot_ablation(runs)
     curves = [line for line in fig.axes[0].lines if line.get_label().startswith("run")]
     assert len(curves) == 23
-    assert len({tuple(c.get_color()) for c in curves}) == 20  # tab20's colours, then again from the first
+    assert len({tuple(c.get_color()) for c in curves}) == 20  # tab20's colours, then again from the first ...
+    assert len({(tuple(c.get_color()), c.get_marker()) for c in curves}) == 23  # ... with another marker: no two alike
 
 
 def test_the_best_run_has_the_highest_accuracy_and_among_equals_the_lower_log_loss():

@@ -2,7 +2,7 @@
 
 `seed` is the seed notebook's recipe as it actually ran (its StepLR was never stepped, so the
 learning rate stayed 3e-5). `cpu` is the best a 2-core CPU trains in about 15 minutes (chosen by the
-ablation in notebook 05), `cpu-long` the same model (with eight heads) for about an hour, with wider
+ablation in notebook 05), `cpu-long` the same model for about an hour, with wider
 crops; `cpu-plain` is the plain ViT notebooks 02 and 03 look inside (one linear map per patch, as the
 seed), and `cpu-full` the same with full attention, for comparison. `gpu` is the recipe for a CUDA GPU
 (not yet measured on one). `sample` runs in seconds on the synthetic sample for CI.
@@ -154,10 +154,9 @@ PRESETS = {
 
 PRESETS["cpu-long"] = PRESETS["cpu"].replace(
     name="cpu-long",
-    about="a 2-core CPU, about an hour: the cpu preset's model with eight heads of 16 dims, for 72 epochs, with crops "
-          "of 35-100 % of the photo against overfitting (notebook 05's ablation)",
-    model=PRESETS["cpu"].model.replace(heads=8),  # as the ablation measured it (before four heads made cpu faster)
-    epochs=72,
+    about="a 2-core CPU, about an hour: the cpu preset for 80 epochs, with crops of 35-100 % of the photo against "
+          "overfitting (notebook 05's ablation)",
+    epochs=80,
     augment=replace(PRESETS["cpu"].augment, scale=(0.35, 1.0)),
 )
 
