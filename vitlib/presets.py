@@ -1,11 +1,11 @@
 """Named training recipes, each a small readable config.
 
-`seed` is the seed notebook's recipe as it actually ran (its StepLR was never stepped, so the
-learning rate stayed 3e-5). `cpu` is the best a 2-core CPU trains in about 15 minutes (chosen by the
-ablation in notebook 05), `cpu-long` the same model for about an hour, with wider
-crops; `cpu-plain` is the plain ViT notebooks 02 and 03 look inside (one linear map per patch, as the
-seed), and `cpu-full` the same with full attention, for comparison. `gpu` is the recipe for a CUDA GPU
-(not yet measured on one). `sample` runs in seconds on the synthetic sample for CI.
+`seed` is the seed notebook's recipe as it actually ran (its StepLR was never stepped, so the learning
+rate stayed 3e-5). `cpu` is the best a 2-core CPU trains in about 15 minutes (chosen by the ablation in
+notebook 05), `cpu-long` the same model for about an hour, with wider crops; `cpu-plain` is the plain
+ViT notebooks 02 and 03 look inside (one linear map per patch, as the seed), and `cpu-full` the same
+with full attention, for comparison. `gpu` is the recipe for a CUDA GPU (not yet measured on one).
+`sample` runs in seconds on the synthetic sample for CI.
 """
 
 from __future__ import annotations
