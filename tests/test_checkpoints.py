@@ -120,6 +120,16 @@ def model_that_is_not_weights(path: Path) -> None:
     torch.save(state(model=[1, 2, 3]), path)
 
 
+def format_as_text(path: Path) -> None:
+    torch.save(state(format="2"), path)  # once a TypeError (a str compared with an int)
+
+
+def negative_dim(path: Path) -> None:
+    ckpt = state()
+    ckpt["model_config"]["dim"] = -64  # once a ValueError traceback in predict
+    torch.save(ckpt, path)
+
+
 UNUSABLE = {  # how to spoil a file: what the message must say besides its name
     "empty": (empty, r"empty \(0 bytes\)"),
     "truncated": (truncated, "damaged or not a vitlib checkpoint"),
@@ -128,6 +138,8 @@ UNUSABLE = {  # how to spoil a file: what the message must say besides its name
     "unknown-config-key": (config_with_an_unknown_key, "model_config this vitlib cannot build.*colour"),
     "no-model-config": (no_model_config, "not a vitlib model checkpoint: it has no model_config"),
     "model-not-weights": (model_that_is_not_weights, "not a vitlib model checkpoint.*model.*list"),
+    "format-as-text": (format_as_text, r"its format is '2', not a number vitlib writes"),
+    "negative-dim": (negative_dim, "model_config this vitlib cannot build.*dim must be a whole number >= 1"),
 }
 
 
@@ -228,7 +240,7 @@ def test_save_checkpoint_onto_a_really_full_device_says_so_in_one_line(tmp_path)
     path = tmp_path / "last.pt"
     checkpoints.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
     before = path.read_bytes()
-    path.with_name(f".last.pt.{os.getpid()}.tmp").symlink_to("/dev/full")
+    files.temporary_name(path).symlink_to("/dev/full")
     with pytest.raises(OSError) as error:
         checkpoints.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(1000)})
     assert one_line(str(error.value)).startswith(f"no space left on {tmp_path.resolve()}: last.pt was not written")
@@ -272,8 +284,8 @@ def test_train_on_a_full_disk_prints_one_error_line_exits_2_and_keeps_the_last_c
 
 
 def test_save_checkpoint_removes_a_dead_process_s_temporary_file_and_keeps_a_live_one(tmp_path, dead_pid, live_pid):
-    dead = tmp_path / f".last.pt.{dead_pid}.tmp"
-    live = tmp_path / f".last.pt.{live_pid}.tmp"
+    dead = files.temporary_name(tmp_path / "last.pt", dead_pid)
+    live = files.temporary_name(tmp_path / "last.pt", live_pid)
     for tmp in (dead, live):
         tmp.write_bytes(b"half a checkp")
     checkpoints.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
@@ -282,11 +294,14 @@ def test_save_checkpoint_removes_a_dead_process_s_temporary_file_and_keeps_a_liv
 
 
 def test_a_run_start_removes_the_temporary_files_a_killed_run_left(tiny, tmp_path, monkeypatch, dead_pid, live_pid):
-    """Stopped in its first epoch, before any save: the cleaning is done at the start."""
+    """Stopped in its first epoch, before any save: the cleaning is done at the start, and takes only what vitlib
+    wrote: a file of the user's that looks like a temporary one, or a vitlib temporary of another file, stays."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    dead = [run_dir / f".{name}.{dead_pid}.tmp" for name in ("last.pt", "best.pt", "history.csv")]
-    kept = [run_dir / f".last.pt.{live_pid}.tmp", run_dir / ".notes.tmp"]
+    dead = [files.temporary_name(run_dir / name, dead_pid) for name in ("last.pt", "best.pt", "history.csv")]
+    kept = [files.temporary_name(run_dir / "last.pt", live_pid), run_dir / ".notes.tmp",
+            run_dir / f".notes.txt.{dead_pid}.tmp", run_dir / f".last.pt.{dead_pid}.tmp",
+            files.temporary_name(run_dir / "notes.txt", dead_pid)]
     for path in dead + kept:
         path.write_bytes(b"half a fi")
 
@@ -298,3 +313,44 @@ def test_a_run_start_removes_the_temporary_files_a_killed_run_left(tiny, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         train.fit(PRESET, data=prepared, run_dir=run_dir, progress=False)
     assert sorted(run_dir.iterdir()) == sorted(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# A tampered last.pt: refused in one line when resumed, before any part is loaded
+
+
+def _no_optimizer(ckpt):
+    del ckpt["optimizer"]
+
+
+def _bad_rng(ckpt):
+    ckpt["rng"]["torch"] = torch.zeros(3)
+
+
+def _weights_of_another_model(ckpt):
+    ckpt["model"] = models.build_model(dataclasses.replace(CONFIG, dim=32)).state_dict()
+
+
+def _epoch_as_text(ckpt):
+    ckpt["epoch"] = "1"
+
+
+TAMPERED = {  # once a KeyError, a TypeError, the whole size-mismatch dump
+    "no-optimizer": (_no_optimizer, "it has no optimizer state"),
+    "bad-rng": (_bad_rng, "random-number state is not the byte tensor"),
+    "other-weights": (_weights_of_another_model, "weights do not fit its recipe's model.*size mismatch"),
+    "epoch-as-text": (_epoch_as_text, "its epoch is '1'"),
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERED, ids=list(TAMPERED))
+def test_resuming_a_tampered_last_pt_is_one_line_naming_what_is_wrong(tiny, tmp_path, tamper):
+    run_dir = tmp_path / "run"
+    prepared = train.prepare_training_data(tiny, PRESET, torch.device("cpu"))
+    train.fit(PRESET, data=prepared, run_dir=run_dir, progress=False, stop_when=lambda row: True)  # after epoch 1
+    ckpt = checkpoints.load_checkpoint(run_dir / "last.pt")
+    TAMPERED[tamper][0](ckpt)
+    torch.save(ckpt, run_dir / "last.pt")
+    with pytest.raises(checkpoints.CheckpointError, match=TAMPERED[tamper][1]) as error:
+        train.fit(PRESET, data=prepared, run_dir=run_dir, progress=False)
+    assert one_line(str(error.value)).startswith("last.pt in run/ cannot be resumed")

@@ -97,7 +97,8 @@ def test_train_the_sample_preset_on_the_sample(downloaded, as_user, capsys):
     before = (run_dir / "last.pt").read_bytes()
     assert cli.main(["train", "--preset", "sample", "--data", "sample", "--epochs", "2", "--fresh",
                      "--no-progress", "--device", "cpu"]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "without --fresh" in err  # a command-line user has no resume=True
     assert (run_dir / "last.pt").read_bytes() == before
 
 
@@ -292,7 +293,11 @@ def test_set_changes_any_setting_and_the_checkpoint_records_it(downloaded, as_us
 
 
 @pytest.mark.parametrize(("setting", "named"), [("model.nope=1", "model.nope"), ("stem", "KEY=VALUE"),
-                                                ("model.stem=lego", "stem")])
+                                                ("model.stem=lego", "stem"), ("model.dim=100000000", "model.dim"),
+                                                ("model.depth=100000000", "model.depth"),
+                                                ("model.image_size=80000", "image_size"),
+                                                ("cache_size=100000", "cache_size"), ("augment.scale=abc", "scale"),
+                                                ("name=../x", "name"), ("teacher=cnn", "teacher")])
 def test_a_bad_set_exits_2_naming_it_and_writes_nothing(downloaded, as_user, tmp_path, capsys, setting, named):
     run_dir = tmp_path / "bad"
     args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "1", "--device", "cpu",
@@ -301,3 +306,56 @@ def test_a_bad_set_exits_2_naming_it_and_writes_nothing(downloaded, as_user, tmp
     err = capsys.readouterr().err
     assert err.startswith("error: ") and named in err and err.count("\n") == 1
     assert not run_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Places that cannot be written: refused before the work, naming the setting
+
+
+def test_a_run_dir_that_is_a_file_exits_2_before_anything_is_cached(nothing_yet, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert exit_code(["train", "--preset", "sample", "--data", "sample", "--no-progress", "--device", "cpu",
+                      "--run-dir", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "is a file, not a folder" in err, err
+    assert a_file.read_text() == "mine" and not (nothing_yet["data"] / "cache").exists()
+
+
+@pytest.mark.parametrize("variable", ["VITLIB_DATA_DIR", "VITLIB_RUNS_DIR"])
+def test_a_data_or_runs_folder_that_is_a_file_exits_2_naming_its_variable(variable, nothing_yet, tmp_path, monkeypatch,
+                                                                          capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    monkeypatch.setenv(variable, str(a_file))
+    assert exit_code(["train", "--preset", "sample", "--data", "sample", "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and variable in err and "is a file" in err, err
+
+
+@pytest.mark.parametrize("out", ["", "."], ids=["empty", "a-folder"])
+def test_predict_out_must_name_a_file(out, nothing_yet, capsys):
+    assert exit_code(["predict", "--checkpoint", "x.pt", "--data", "sample", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out names the CSV file to write") and err.count("\n") == 1, err
+
+
+def test_predict_out_under_a_file_exits_2_before_predicting(nothing_yet, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("mine")
+    assert exit_code(["predict", "--checkpoint", "x.pt", "--data", "sample", "--out",
+                      str(tmp_path / "a-file" / "s.csv")]) == 2
+    assert "error: --out: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argument", "value"), [("--images", "0"), ("--seconds", "-1"), ("--seconds", "nan")])
+def test_bench_refuses_numbers_it_cannot_measure_with(argument, value, capsys):
+    """--images 0 was a traceback, --seconds -1 printed NaN."""
+    assert exit_code(["bench", argument, value]) == 2
+    assert "must be above 0" in capsys.readouterr().err
+
+
+def test_bench_out_under_a_file_exits_2_before_measuring(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("mine")
+    monkeypatch.setattr("vitlib.bench.run_benchmark", lambda **kwargs: pytest.fail("measured"))
+    assert exit_code(["bench", "--out", str(tmp_path / "a-file" / "bench.json")]) == 2
+    assert "error: bench --out: " in capsys.readouterr().err

@@ -4,6 +4,7 @@ Every dataset here is a few tiny JPEGs zipped in tmp_path: nothing touches the n
 """
 
 import io
+import os
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from PIL import Image
 
 from vitlib import data, download, explore, sample
 from vitlib.data import DataError, DataWarning, UnsafeArchiveError
+from vitlib.files import UNZIP_LIMIT_ENV
 
 
 def jpeg(color=(200, 80, 40), size=(12, 9)) -> bytes:
@@ -180,6 +182,30 @@ def test_zip_slip_is_refused_and_nothing_is_written(tmp_path, evil):
     assert not any(p.name == "evil.txt" for p in tmp_path.rglob("*"))
 
 
+def test_a_zip_listing_a_name_twice_is_refused_and_not_retried(tmp_path):
+    """Once extracted, counted short, and answered "Run again", which failed the same way every time."""
+    archive = tmp_path / "train.zip"
+    with zipfile.ZipFile(archive, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it writes
+        zf.writestr("train/cat.0.jpg", jpeg())
+        zf.writestr("train/cat.0.jpg", jpeg((1, 2, 3)))
+    with pytest.raises(UnsafeArchiveError, match="lists 'train/cat.0.jpg' twice.*Download it again") as e:
+        data.extract_zip(archive, tmp_path / "out")
+    assert "Run again" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("marker", ["", "garbage{", "[]", '{"tops": 3}'], ids=["empty", "garbage", "list", "bad-tops"])
+def test_a_damaged_completion_marker_means_extract_again_not_a_traceback(tmp_path, marker):
+    archive = make_zip(tmp_path / "train.zip", train_files(1))
+    dest = tmp_path / "out"
+    data.extract_zip(archive, dest)
+    (dest / ".train.zip.complete").write_text(marker)
+    says = r"completion marker \.train\.zip\.complete is unreadable.*kept it as train\.old-1"
+    with pytest.warns(DataWarning, match=says):
+        assert data.extract_zip(archive, dest) == [dest / "train"]
+    assert sorted(p.name for p in (dest / "train").iterdir()) == ["cat.0.jpg", "dog.0.jpg"]
+
+
 def test_symbolic_links_in_a_zip_are_refused(tmp_path):
     archive = tmp_path / "train.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -190,6 +216,57 @@ def test_symbolic_links_in_a_zip_are_refused(tmp_path):
     with pytest.raises(UnsafeArchiveError, match="symbolic link"):
         data.extract_zip(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def zeros_zip(path: Path, mib: int = 8) -> Path:
+    """A zip whose one entry is `mib` MiB of zeros: a few KiB on disk (the shape of a zip bomb, at a safe size)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/cat.0.jpg", bytes(mib * 2**20))
+    return path
+
+
+def test_a_zip_that_expands_like_no_photos_do_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "UNZIP_RATIO_FROM", 2**20)  # the 64 MiB of the real check, scaled down to the test's
+    archive = zeros_zip(tmp_path / "train.zip")
+    with pytest.raises(DataError, match=r"would expand \d+x to 0\.0 GiB, which photos never do") as error:
+        data.extract_zip(archive, tmp_path / "out")
+    assert "\n" not in str(error.value) and UNZIP_LIMIT_ENV in str(error.value)  # says how to override
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv(UNZIP_LIMIT_ENV, "1")  # the override: the user trusts this zip
+    assert [p.name for p in data.extract_zip(archive, tmp_path / "out")] == ["train"]
+
+
+def test_a_zip_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "UNZIP_LIMIT_GB", 4 / 1024)  # 4 MiB
+    with pytest.raises(DataError, match=r"more than the 0\.00390625 GiB allowed"):
+        data.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
+    monkeypatch.setenv(UNZIP_LIMIT_ENV, "a lot")
+    with pytest.raises(DataError, match="VITLIB_UNZIP_LIMIT_GB must be a number of GiB"):
+        data.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
+
+
+def test_a_zip_larger_than_the_free_space_is_refused_before_it_fills_the_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=2**20, total=2**30))
+    with pytest.raises(DataError, match=r"no space for train\.zip on .*: it expands to 0\.0 GiB and 0\.0 GiB is free"):
+        data.extract_zip(zeros_zip(tmp_path / "train.zip", mib=2), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_regular_files_are_images_a_pipe_or_a_broken_link_is_left_out(tmp_path):
+    """A FIFO named like a photo used to hang the cache (opening it blocks); links to nothing and link loops used to
+    end in a traceback. Each is left out with a warning naming it."""
+    folder = tmp_path / "ds"
+    (folder / "train").mkdir(parents=True)
+    for name, content in train_files(2).items():
+        (folder / name).write_bytes(content)
+    os.mkfifo(folder / "train" / "cat.10.jpg")
+    (folder / "train" / "dog.11.jpg").symlink_to(folder / "train" / "nowhere.jpg")
+    (folder / "train" / "dog.12.jpg").symlink_to(folder / "train" / "dog.12.jpg")  # a link loop
+    ds = data.DogsVsCats("ds", "local", folder, folder / "train", None, None)
+    with pytest.warns(DataWarning, match=r"Left out 3 name\(s\) in train/ that are not regular files.*cat\.10\.jpg"):
+        index = data.index_images(ds)
+    assert sorted(index["file"]) == sorted(f"train/{n}.{i}.jpg" for n in ("cat", "dog") for i in range(2))
+    assert data.count_images(folder / "train") == 4
 
 
 def test_extraction_is_complete_marked_and_a_second_call_is_a_no_op(tmp_path, monkeypatch):
@@ -536,3 +613,17 @@ def test_a_truncated_competition_zip_in_a_folder_is_a_clear_data_error(tmp_path)
     (folder / "dogs-vs-cats-redux-kernels-edition.zip").write_bytes(b"PK\x03\x04" + b"\x00" * 96)
     with pytest.raises(data.DataError, match="not a readable zip.*download it again"):
         data.prepare_data(folder, dest=tmp_path / "data", verbose=False)
+
+
+def test_training_subsets_are_nested_balanced_and_leave_validation_alone():
+    """The data curve's subsets: 4 photos are part of the 8, half of each class; every validation photo stays."""
+    index = data.split_train_val(pd.DataFrame({"file": [f"f{i}" for i in range(40)], "id": range(40),
+                                               "label": [i % 2 for i in range(40)]}))
+    small, large = data.nested_subset(index, 4), data.nested_subset(index, 8)
+    train = {name: set(part.loc[part["split"] == "train", "file"]) for name, part in (("4", small), ("8", large))}
+    assert len(train["4"]) == 4 and len(train["8"]) == 8 and train["4"] < train["8"]
+    assert small.loc[small["split"] == "train", "label"].value_counts().tolist() == [2, 2]
+    assert (small[small["split"] == "val"]).equals(index[index["split"] == "val"])
+    assert data.nested_subset(index, None) is index
+    with pytest.raises(DataError, match="train_images 100 is more than the 32 training photos"):
+        data.nested_subset(index, 100)

@@ -170,3 +170,14 @@ def test_lost_tells_a_peer_gone_from_other_errors():
     assert distributed.lost(distributed.Stopped("torchrun stopped this process"))
     assert not distributed.lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert distributed.reason(RuntimeError("[gloo/x.cc:12] Timed out waiting\nmore")) == "Timed out waiting"
+
+
+def test_after_leaving_the_group_a_sigterm_just_ends_the_process():
+    """torchrun's SIGTERM after the one-line "lost the other processes" used to raise Stopped into the exit: a
+    spurious traceback. Leaving the group takes vitlib's handler away."""
+    previous = signal.signal(signal.SIGTERM, distributed._stopped)  # as start() installs it
+    try:
+        distributed.stop()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

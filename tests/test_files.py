@@ -40,7 +40,7 @@ def assert_one_line_naming(error: BaseException, folder: Path, what: str) -> Non
 
 def link_temporary_to_dev_full(path: Path) -> Path:
     """Make the temporary file an atomic write of `path` goes to (this process's) a link to /dev/full."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = files.temporary_name(path)
     tmp.symlink_to("/dev/full")
     return tmp
 
@@ -235,8 +235,8 @@ def test_a_full_disk_while_extracting_says_so_keeps_the_earlier_folder_and_never
 
 def test_an_atomic_write_removes_the_temporary_files_of_dead_processes_only(tmp_path, dead_pid, live_pid):
     path = tmp_path / "history.csv"
-    dead = tmp_path / f".history.csv.{dead_pid}.tmp"
-    live = tmp_path / f".history.csv.{live_pid}.tmp"
+    dead = files.temporary_name(path, dead_pid)
+    live = files.temporary_name(path, live_pid)
     users = tmp_path / ".history.csv.backup.tmp"  # not a pid: not ours
     for tmp in (dead, live, users):
         tmp.write_text("half a fi")
@@ -247,9 +247,10 @@ def test_an_atomic_write_removes_the_temporary_files_of_dead_processes_only(tmp_
 
 
 def test_remove_stale_temporaries_clears_a_folder_of_dead_processes_files(tmp_path, dead_pid, live_pid):
-    dead = [tmp_path / f".{name}.{dead_pid}.tmp" for name in ("last.pt", "best.pt", "history.csv")]
-    kept = [tmp_path / f".last.pt.{live_pid}.tmp", tmp_path / f".last.pt.{os.getpid()}.tmp",
-            tmp_path / "last.pt", tmp_path / f"last.pt.{dead_pid}.tmp"]
+    dead = [files.temporary_name(tmp_path / name, dead_pid) for name in ("last.pt", "best.pt", "history.csv")]
+    kept = [files.temporary_name(tmp_path / "last.pt", live_pid), files.temporary_name(tmp_path / "last.pt"),
+            tmp_path / "last.pt", tmp_path / f"last.pt.{dead_pid}.tmp",
+            tmp_path / f".last.pt.{dead_pid}.tmp"]  # the pattern without vitlib's marker: not provably ours
     for path in dead + kept:
         path.write_bytes(b"x")
     assert sorted(files.remove_stale_temporaries(tmp_path)) == sorted(dead)

@@ -103,6 +103,9 @@ def test_committed_checkpoints_load_with_their_provenance():
         if kind == "cpu":  # the cpu preset's own model, trained by its own recipe
             # (a setting added since it was saved reads as its default: Preset.from_dict)
             assert model.config == get_preset("cpu").model and Preset.from_dict(meta["preset"]) == get_preset("cpu")
+        elif kind == "cnn":  # the reference CNN (ablation row cnn-96px-36ep-seed1), notebook 05's DeiT teacher
+            assert model.config.family == "cnn" and meta["preset"]["epochs"] == 36
+            assert model.config.image_size == get_preset("cpu").model.image_size  # it sees the student's batch
         else:  # the plain ViTs notebooks 02 and 03 look inside
             assert (model.config.attention, model.config.stem) == (kind, "patch")
             assert meta["preset"]["name"] == {"linformer": "cpu-plain", "full": "cpu-full"}[kind]
@@ -128,7 +131,7 @@ def test_load_trained_takes_your_newest_run_of_the_kind_asked_for(tmp_path, monk
     assert checkpoints.load_trained(kind="linformer")[1]["source"] == "your run plain"
     assert checkpoints.load_trained(kind="cpu")[1]["source"] == "your run cpu"
     assert checkpoints.load_trained(kind="full")[1]["source"] == "committed checkpoint"
-    with pytest.raises(ValueError, match="kind must be one of 'linformer', 'full', 'cpu', not 'conv'"):
+    with pytest.raises(ValueError, match="kind must be one of 'linformer', 'full', 'cpu', 'cnn', not 'conv'"):
         checkpoints.load_trained(kind="conv")
 
 
@@ -248,3 +251,40 @@ def test_the_reference_cnn_has_the_conv_stem_and_no_attention():
         models.ModelConfig(image_size=64, patch_size=16, family="cnn")
     with pytest.raises(ValueError, match="family must be"):
         models.ModelConfig(image_size=64, patch_size=16, family="resnet")
+
+
+# ---------------------------------------------------------------------------------------------
+# What this machine can hold, refused before anything is allocated
+
+ROWS = [get_preset(name).model for name in ("sample", "cpu-plain", "cpu", "cpu-full", "seed", "gpu")] + [
+    get_preset("cpu").model.replace(family="cnn"), get_preset("cpu-plain").model.replace(attention="lsa", stem="spt")]
+
+
+@pytest.mark.parametrize("cfg", ROWS, ids=lambda cfg: f"{cfg.family}-{cfg.attention}-{cfg.stem}-{cfg.image_size}px")
+def test_the_parameter_estimate_is_within_five_percent_of_the_built_model(cfg):
+    assert models.estimated_parameters(cfg) == pytest.approx(models.count_parameters(models.build_model(cfg)), rel=0.05)
+
+
+@pytest.mark.parametrize("changes", [{"dim": 100_000_000, "heads": 1}, {"depth": 100_000_000}],
+                         ids=["dim", "depth"])
+def test_a_model_larger_than_this_machine_is_refused_at_once(changes):
+    """Once an allocation traceback (dim), or memory growing until the machine died (depth)."""
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"parameters, [\d,]+ GiB to train: more than this machine's \d+ GiB"):
+        models.ModelConfig(**changes)
+    assert time.perf_counter() - start < 5  # refused from the config, nothing built (a generous bound, not a timing)
+
+
+def test_an_image_size_beyond_any_photo_is_refused():
+    with pytest.raises(ValueError, match="image_size must be at most 4096 px, not 80000"):
+        models.ModelConfig(image_size=80_000, patch_size=16)
+
+
+def test_a_tampered_checkpoint_with_a_huge_model_is_one_line(tmp_path):
+    cfg = get_preset("sample").model
+    path = tmp_path / "best.pt"
+    checkpoints.save_checkpoint(path, {"format": 2, "model_config": {**cfg.__dict__, "dim": 4_000_000, "heads": 1},
+                                       "model": {}, "data": "x", "data_id": {}})
+    with pytest.raises(checkpoints.CheckpointError, match="cannot build .*more than this machine's") as e:
+        checkpoints.load_model(path)
+    assert "\n" not in str(e.value)

@@ -104,6 +104,7 @@ BAD = [
     ("optimizer", "sgd"), ("schedule", "step"),
     ("model", {"dim": 64}), ("augment", {"scale": (0.5, 1.0)}),
     ("cache_size", 16), ("cache_size", 48.0), ("cache_size", True),  # the sample's model takes 32 px
+    ("cache_size", 100_000), ("teacher", 5),
 ]
 
 
@@ -174,6 +175,8 @@ def test_with_settings_changes_top_level_model_and_augment_settings():
     ({"model": 1}, "no setting 'model'"),
     ({"model.stem": "lego"}, "stem must be"),
     ({"augment.mixup": -1}, "mixup must be"),
+    ({"augment.mixup": True}, "mixup must be"),  # once taken as 1.0
+    ({"augment.scale": "abc"}, r"scale must be two numbers \(low, high\)"),  # once "too many values to unpack"
     ({"epochs": 0}, "epochs must be"),
 ])
 def test_with_settings_refuses_what_a_preset_cannot_hold(settings, message):

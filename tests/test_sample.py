@@ -110,3 +110,14 @@ def test_a_tiny_model_learns_the_sample_in_seconds_on_a_cpu(sample_ds, tmp_path,
     assert last["val_acc"] >= 0.62
     assert last["val_loss"] < 0.65
     assert last["train_loss"] < run.history["train_loss"].iloc[0]
+
+
+@pytest.mark.parametrize("stamp", ["", "{not json", "[1, 2]"], ids=["empty", "garbage", "not-an-object"])
+def test_a_damaged_stamp_is_a_sample_written_again_not_a_traceback(tmp_path, stamp):
+    folder = sample.write_sample(tmp_path / "s", n_train=4, n_test=2)
+    (folder / sample.SAMPLE_STAMP).write_text(stamp)
+    sample.write_sample(folder, n_train=4, n_test=2)
+    assert json.loads((folder / sample.SAMPLE_STAMP).read_text())["n_train"] == 4
+    ds = data.prepare_data(folder, dest=tmp_path / "d", verbose=False)
+    (ds.root / sample.SAMPLE_STAMP).write_text(stamp)
+    assert data.check_counts(ds)["images"].tolist() == [4, 2]

@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.colors import same_color
 
 from vitlib import models, small_data
 from vitlib.presets import get_preset
@@ -100,8 +102,28 @@ def test_the_ablation_plot_draws_more_runs_than_it_has_colours():
     fig = small_data.plot_ablation(runs)
     curves = [line for line in fig.axes[0].lines if line.get_label().startswith("run")]
     assert len(curves) == 23
-    assert len({tuple(c.get_color()) for c in curves}) == 20  # tab20's colours, then again from the first ...
+    assert len({tuple(c.get_color()) for c in curves}) == 10  # tab10's colours, then again from the first ...
     assert len({(tuple(c.get_color()), c.get_marker()) for c in curves}) == 23  # ... with another marker: no two alike
+
+
+def test_the_ablation_plot_colours_the_runs_it_highlights_and_greys_the_rest():
+    runs = pd.concat([_history(f"run{i}", [0.7, 0.8], [0.6, 0.5]) for i in range(6)])
+    fig = small_data.plot_ablation(runs, highlight=("run1", "run4"))
+    labelled = [line.get_label() for line in fig.axes[0].lines if line.get_label().startswith("run")]
+    grey = [line for line in fig.axes[0].lines if same_color(line.get_color(), "0.75")]
+    assert labelled == ["run1", "run4"] and len(grey) == 4
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["run1", "run4", "the 4 other runs"]
+
+
+def test_seed_repeats_are_summarised_with_their_spread():
+    table = pd.DataFrame({"model": ["ViT"] * 4, "val acc": [0.88, 0.86, 0.87, 0.90],
+                          "val log loss": [0.30, 0.32, 0.31, 0.25], "minutes": [15.0, 14.0, 16.0, 50.0]},
+                         index=["vit", "vit-seed1", "vit-seed2", "long"])
+    summary = small_data.seed_summary(table)
+    assert list(summary.index) == ["vit", "long"] and list(summary["seeds"]) == [3, 1]
+    assert summary.loc["vit", "val acc"] == 0.87 and summary.loc["vit", "acc sd"] == 0.01
+    assert summary.loc["vit", "minutes"] == 15.0 and math.isnan(summary.loc["long", "acc sd"])  # one seed: no spread
+    assert small_data.recipe_name("a-b-seed12") == "a-b" and small_data.recipe_name("seed-run") == "seed-run"
 
 
 def test_the_best_run_has_the_highest_accuracy_and_among_equals_the_lower_log_loss():
@@ -121,3 +143,22 @@ def test_a_rows_recipe_is_the_base_preset_with_the_rows_settings():
 def test_training_speed_is_images_per_second_of_real_steps():
     speed = small_data.training_speed(get_preset("sample", batch_size=8), seconds=0.2, device="cpu")
     assert math.isfinite(speed) and speed > 0
+
+
+def test_the_data_curve_pairs_both_models_at_each_size_the_full_split_included():
+    names = [*(f"data-{n}-{k}" for n in small_data.DATA_CURVE for k in ("vit", "cnn")),
+             *small_data.DATA_CURVE_FULL.values()]
+    table = pd.DataFrame({"val acc": np.linspace(0.6, 0.9, len(names)), "val log loss": 0.3, "minutes": 1.0},
+                         index=names)
+    curve = small_data.data_curve(table.drop(index="data-4000-cnn"))  # a size only one model has is left out
+    assert list(curve.index) == [2000, 8000, 16000]
+    assert curve.loc[16000, ("val acc", "vit")] == table.loc["conv-96px-p16-21ep-heads4", "val acc"]
+    assert curve.loc[2000, ("val acc", "cnn")] == table.loc["data-2000-cnn", "val acc"]
+    fig = small_data.plot_data_curve(curve)
+    assert [len(line.get_xdata()) for line in fig.axes[0].lines] == [3, 3]
+
+
+def test_the_data_curve_rows_are_the_cpu_recipe_and_the_cnn_on_fewer_photos():
+    for kind, full in small_data.DATA_CURVE_FULL.items():
+        recipe = small_data.row_recipe(f"data-2000-{kind}")
+        assert recipe.train_images == 2000 and recipe.replace(train_images=None) == small_data.row_recipe(full)

@@ -6,6 +6,7 @@ Training runs on a tiny synthetic sample (64 images at 32 px, three steps an epo
 import dataclasses
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import torch
 from vitlib import checkpoints, data, files, metrics, sample, train
 from vitlib import device as devices
 from vitlib.models import build_model
-from vitlib.presets import Preset, get_preset
+from vitlib.presets import Preset, PresetError, get_preset
 
 EPOCHS = 4
 PRESET = get_preset("sample", epochs=EPOCHS)
@@ -105,8 +106,9 @@ def test_loading_refuses_pickled_code(tmp_path):
     """weights_only=True: a checkpoint from the internet cannot run code (here: hold an arbitrary object)."""
     path = tmp_path / "evil.pt"
     torch.save({"preset": PRESET}, path)
-    with pytest.raises(checkpoints.CheckpointError, match="UnpicklingError.*not a vitlib checkpoint"):
+    with pytest.raises(checkpoints.CheckpointError, match="could run code from the file, so vitlib does not") as e:
         checkpoints.load_checkpoint(path)
+    assert "weights_only" not in str(e.value)  # torch's advice to switch the protection off is not passed on
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +295,37 @@ def test_a_fresh_run_refuses_a_run_dir_that_holds_one(finished, tiny):
         run_fit(PRESET, tiny, finished.run_dir, resume=False)
 
 
+def test_a_run_folder_that_is_a_file_or_holds_other_things_is_refused_before_training(tiny, tmp_path, monkeypatch):
+    """Once refused only when the first epoch was saved ("[Errno 17] File exists"), or accepted (`/`)."""
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("trained"))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(train.RunExistsError, match=r"notes\.txt is a file, not a folder.*Nothing was written"):
+        run_fit(PRESET, tiny, a_file)
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    with pytest.raises(train.RunExistsError, match=r"holds 1 other thing\(s\) \(src\) and no vitlib run"):
+        run_fit(PRESET, tiny, project)
+    with pytest.raises(train.RunExistsError, match="no vitlib run"):
+        train.check_run_dir(Path("/"))
+    jupyter = tmp_path / "fresh"
+    (jupyter / ".ipynb_checkpoints").mkdir(parents=True)
+    assert train.check_run_dir(jupyter) == jupyter  # hidden things are not "other things"
+    assert a_file.read_text() == "mine" and sorted(p.name for p in project.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", "", ".hidden"])
+def test_a_preset_name_is_a_name_not_a_path(name):
+    """It names the run folder: `--set name=../x` once put the run outside VITLIB_RUNS_DIR."""
+    with pytest.raises(PresetError, match="name must be a plain name"):
+        PRESET.replace(name=name)
+
+
+def test_a_split_that_leaves_no_validation_photos_is_one_line_naming_the_setting(tiny):
+    with pytest.raises(data.DataError, match="no readable validation photos.*val_fraction 0.001"):
+        train.prepare_training_data(tiny, PRESET.replace(val_fraction=0.001), "cpu")
+
+
 def test_a_corrupt_image_is_skipped_not_a_crash_mid_epoch(tiny, tmp_path):
     """Copy the tiny data, truncate one JPEG: training warns once and runs on the rest."""
     root = tmp_path / "copy"
@@ -310,7 +343,7 @@ def test_a_corrupt_image_is_skipped_not_a_crash_mid_epoch(tiny, tmp_path):
 
 
 def test_fewer_images_than_one_batch_is_a_clear_error(tiny, tmp_path):
-    with pytest.raises(ValueError, match="less than one batch"):
+    with pytest.raises(PresetError, match=r"batch_size 1000 is more than the \d+ training images.*--batch-size"):
         run_fit(PRESET.replace(batch_size=1000), tiny, tmp_path / "run")
     assert not os.path.exists(tmp_path / "run")
 

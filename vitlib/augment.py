@@ -30,14 +30,22 @@ class AugmentConfig:
     def __post_init__(self):
         """Refuse, in one line, a setting the augmentation could not honour."""
         for name, (lo, hi) in (("scale", (0, 1)), ("ratio", (0, math.inf))):
-            a, b = getattr(self, name)
+            pair = getattr(self, name)
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_number, pair))):
+                raise ValueError(f"augment {name} must be two numbers (low, high), e.g. [0.35, 1.0], not {pair!r}")
+            a, b = pair
             if not (lo < a <= b and b <= hi and math.isfinite(a)):
                 raise ValueError(f"augment {name} must be (low, high) with {lo} < low <= high"
                                  f"{' <= 1' if hi == 1 else ''}, not {getattr(self, name)!r}")
         for name in ("saturation", "mixup", "cutmix"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if not (_number(value) and value >= 0):
                 raise ValueError(f"augment {name} must be a number >= 0, not {value!r}")
+
+
+def _number(value) -> bool:
+    """A finite int or float, not a bool (True is an int to Python, not a setting to us) nor a string."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from .augment import AugmentConfig, BatchAugment
 from .cache import ImageCache, build_cache
 from .data import DogsVsCats, index_images, parse_label, prepare_data
 from .device import describe_device, pick_device, synchronize
+from .distill import load_teacher
 from .metrics import SEED_ACCURACY
 from .models import SEED_NOTEBOOK_MODEL, build_model
 from .presets import Preset, get_preset
@@ -94,12 +95,13 @@ def throughput(batches, seconds: float, step=None, device=None, warmup: int = 2)
 
 
 def make_step(model, preset: Preset, device, mixed_precision: bool = True):
-    """For timing: the optimiser step `fit` takes with `preset` (its optimiser, loss, clipping), on `model`,
-    in the device's mixed precision or in fp32."""
+    """For timing: the optimiser step `fit` takes with `preset` (its optimiser, loss, clipping, and its teacher's
+    forward pass when it distils), on `model`, in the device's mixed precision or in fp32."""
     opt, scaler = make_optimizer(model, preset), make_scaler(device, mixed_precision)
+    teacher = load_teacher(preset.teacher, preset.model.image_size, device) if preset.teacher else None
 
     def step(x, y):
-        train_step(model, x, y, opt, scaler, preset, device, mixed_precision)
+        train_step(model, x, y, opt, scaler, preset, device, mixed_precision, teacher)
 
     return step
 

@@ -22,6 +22,7 @@ Every failure to read one is a CheckpointError whose one-line message says which
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import warnings
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ PRETRAINED = {  # the committed trained models, by kind (see load_trained)
     "linformer": PRETRAINED_DIR / "vit-linformer-cpu.pt",  # the plain ViT (patch embedding, Linformer): cpu-plain
     "full": PRETRAINED_DIR / "vit-full-cpu.pt",  # the same with full attention: cpu-full
     "cpu": PRETRAINED_DIR / "vit-cpu.pt",  # the `cpu` preset's model: the best a 2-core CPU trains in 15 minutes
+    "cnn": PRETRAINED_DIR / "cnn-cpu.pt",  # the reference CNN of notebook 05, and the teacher distillation learns from
 }
 REFERENCE_RUNS = PRETRAINED_DIR / "reference-runs.csv"
 _TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng")
@@ -103,13 +105,22 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     """A vitlib checkpoint, loaded with weights_only=True (no code from the file runs), or a CheckpointError."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
+        instead = "" if path.name == "last.pt" else " (or resume from last.pt)"
         raise CheckpointError(f"{_shown(path)} is empty (0 bytes): a run killed while writing it, or a full disk. "
-                              "Delete it and train again (or resume from last.pt).")
+                              f"Delete it and train again{instead}.")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as e:  # truncated, not a checkpoint, or holding objects weights_only refuses
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # what weights_only says of an object it will not build
+            raise CheckpointError(f"Cannot read {_shown(path)} (it is damaged or not a vitlib checkpoint: {e}); move "
+                                  "it away (or choose another run_dir) and train again.") from None
+        raise CheckpointError(
+            f"Refused {_shown(path)}: besides weights it holds Python objects, and loading those could run code "
+            "from the file, so vitlib does not. Use a checkpoint vitlib wrote (best.pt, last.pt, an export)."
+        ) from None
+    except Exception as e:  # truncated, or not a checkpoint
         first = next(iter(str(e).splitlines()), "").strip()[:200]
         raise CheckpointError(
             f"Cannot read {_shown(path)} ({type(e).__name__}{': ' + first if first else ''}). It is damaged or "
@@ -123,13 +134,67 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
             "vitlib needs to rebuild the model: load it into a model you build yourself, or use a checkpoint "
             "written by vitlib (best.pt, last.pt, or export_checkpoint)."
         )
-    if ckpt.get("format", 1) > CHECKPOINT_FORMAT:
+    version = ckpt.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{_shown(path)} is not a vitlib checkpoint (its format is {version!r}, not a number "
+                              "vitlib writes); move it away or use a checkpoint vitlib wrote.")
+    if version > CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{_shown(path)} was written by a newer vitlib (format {ckpt['format']}); upgrade vitlib to read it."
         )
     if "data_id" not in ckpt:
         ckpt["data_id"] = _legacy_data_id(ckpt.get("data"))
+    if not isinstance(ckpt["data_id"], Mapping):
+        raise CheckpointError(f"{_shown(path)} is not a vitlib checkpoint (its data_id is a "
+                              f"{type(ckpt['data_id']).__name__}); move it away or use a checkpoint vitlib wrote.")
     return ckpt
+
+
+def restore(ckpt: dict, path: Path, *, model, optimizer, scheduler, scaler) -> tuple[int, list[dict]]:
+    """Load a training checkpoint (last.pt at `path`) into freshly built training parts, for an exact resume; return
+    its epoch and its history rows. Every part is checked before any is loaded: a CheckpointError in one line
+    names the first that is missing, of the wrong type, or does not fit the model."""
+    where = _shown(path)
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{where} cannot be resumed: {what}. It was edited or damaged; move it away (or "
+                                  "choose another run_dir) and train again.")
+
+    epoch = ckpt.get("epoch")
+    need(isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0, f"its epoch is {epoch!r}")
+    for key in ("model", "optimizer", "scheduler"):
+        need(isinstance(ckpt.get(key), Mapping), f"it has no {key} state")
+    need(isinstance(ckpt["optimizer"].get("param_groups"), list), "its optimizer state has no param_groups")
+    need(ckpt.get("scaler") is None or isinstance(ckpt["scaler"], Mapping), "its scaler state is not a dict")
+    rng = ckpt.get("rng", {}).get("torch") if isinstance(ckpt.get("rng"), Mapping) else None
+    need(isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.ndim == 1,
+         "its random-number state is not the byte tensor torch saves")
+    history = ckpt.get("history")
+    need(isinstance(history, Mapping) and all(isinstance(v, list) for v in history.values()),
+         "its history is not columns of values")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        need(False, f"its weights do not fit its recipe's model ({_first_mismatch(e)})")
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"] and scaler.is_enabled():  # a run may resume on a device of another precision
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(rng.cpu())
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        need(False, f"its training state does not fit ({type(e).__name__}: {first})")
+    return epoch, pd.DataFrame(history).to_dict("records")
+
+
+def _first_mismatch(error: RuntimeError) -> str:
+    """The one line of load_state_dict's many that says what does not fit."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if "size mismatch" in line or "Missing key" in line
+                   or "Unexpected key" in line), lines[-1] if lines else "")
+    return detail[:160]
 
 
 def _legacy_data_id(text: str | None) -> dict:
@@ -160,14 +225,11 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path: Path | None = None) ->
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = next((line for line in lines if "size mismatch" in line or "Missing key" in line
-                       or "Unexpected key" in line), lines[-1] if lines else "")
         raise CheckpointError(
             f"{where}: its weights do not fit its model_config (the config builds a "
             f"{count_parameters(model):,}-parameter {cfg.attention} ViT at {cfg.image_size} px, patch "
-            f"{cfg.patch_size}; {detail[:160]}). The file was edited or mixed up: use the checkpoint as training "
-            "wrote it."
+            f"{cfg.patch_size}; {_first_mismatch(e)}). The file was edited or mixed up: use the checkpoint as "
+            "training wrote it."
         ) from None
     meta = {k: v for k, v in ckpt.items() if k not in _TRAINING_STATE}
     return model.to(device).eval(), meta
@@ -182,9 +244,9 @@ def load_trained(path=None, kind: str = "linformer", device="cpu") -> tuple[nn.M
     """A trained model to look at: `path`, else your own best real-photo run of that `kind`, else the committed one.
 
     kind: "linformer" or "full", the plain ViT with that attention (one linear map per patch: notebooks 02 and
-    03 look inside it); "cpu", the `cpu` preset's model (notebooks 04-06). Your own: the newest
-    `runs/*/best.pt` of that kind trained on real photos (notebook 04 writes one); one that cannot be read or
-    built is skipped with a warning. The committed checkpoints (vitlib/pretrained/) were written by vitlib's
+    03 look inside it); "cpu", the `cpu` preset's model (notebooks 04-06); "cnn", the reference CNN (05). Your
+    own: the newest `runs/*/best.pt` of that kind trained on real photos (notebook 04 writes one); one that cannot
+    be read or built is skipped with a warning. The committed checkpoints (vitlib/pretrained/) were written by vitlib's
     own training code; meta["provenance"] says with what command, data and result.
     """
     if kind not in PRETRAINED:
@@ -221,6 +283,8 @@ def _is_kind(config, kind: str) -> bool:
         return True
     if kind == "cpu":
         return cfg == PRESETS["cpu"].model
+    if kind == "cnn":
+        return cfg.family == "cnn"
     return cfg.family == "vit" and cfg.stem == "patch" and cfg.attention == kind
 
 

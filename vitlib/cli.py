@@ -63,7 +63,15 @@ def _predict(args) -> int:
         print("error: predict needs --checkpoint (to predict the test folder) or photos to predict "
               "(python -m vitlib predict my_cat.jpg)", file=sys.stderr)
         return 2
-    predict_to_csv(args.checkpoint, prepare_data(args.data), Path(args.out), tta=not args.no_tta,
+    from .files import writable_folder
+
+    out = Path(args.out)
+    if not args.out or out.is_dir():
+        print(f"error: --out names the CSV file to write, not {'a folder' if args.out else 'nothing'} "
+              f"({args.out!r}); e.g. --out submission.csv", file=sys.stderr)
+        return 2
+    writable_folder(out.parent, "--out")  # before the predicting, not after it
+    predict_to_csv(args.checkpoint, prepare_data(args.data), out, tta=not args.no_tta,
                    calibrate=not args.no_calibrate, submit_message=args.submit, device=args.device)
     return 0
 
@@ -95,10 +103,29 @@ def _predict_photos(args) -> int:
 
 def _bench(args) -> int:
     from .bench import run_benchmark
+    from .files import writable_folder
 
+    if args.out:
+        writable_folder(Path(args.out).parent, "bench --out")  # before the minutes of measuring
     run_benchmark(data=args.data, seconds=args.seconds, out=args.out, time_to_target=args.time_to_target,
                   subset=args.images, compile_preset=args.compile)
     return 0
+
+
+def _positive(kind):
+    """An argparse type: a number of `kind` above 0 (argparse's own one-line error otherwise)."""
+
+    def read(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be above 0 (and finite), not {text}")
+        return value
+
+    read.__name__ = f"positive {kind.__name__}"
+    return read
 
 
 def parser() -> argparse.ArgumentParser:
@@ -143,8 +170,8 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="seed data pipeline against vitlib's, images/s and time to the seed's accuracy")
     b.add_argument("--data", default=None, help=data_help)
-    b.add_argument("--seconds", type=float, default=20, help="time spent measuring each pipeline")
-    b.add_argument("--images", type=int, default=2048, help="images to measure on (a seeded random subset)")
+    b.add_argument("--seconds", type=_positive(float), default=20, help="time spent measuring each pipeline")
+    b.add_argument("--images", type=_positive(int), default=2048, help="images to measure on (a seeded random subset)")
     b.add_argument("--time-to-target", action="store_true",
                    help="also train the cpu preset to the seed's accuracy (minutes)")
     b.add_argument("--compile", metavar="PRESET", nargs="?", const="cpu", default=None,
@@ -162,7 +189,7 @@ def main(argv=None) -> int:
     from .device import DeviceError
     from .distributed import DistributedError
     from .download import KaggleError
-    from .files import BusyError, DiskFullError
+    from .files import BusyError, DiskFullError, PlaceError
     from .own_photos import PhotoError
     from .presets import PresetError
     from .submit import SubmissionError
@@ -173,6 +200,6 @@ def main(argv=None) -> int:
         print("\ninterrupted", file=sys.stderr)  # fit has said where the run stands and how to resume
         return 130
     except (BusyError, CheckpointError, DataError, DeviceError, DiskFullError, DistributedError, KaggleError,
-            PhotoError, PresetError, SubmissionError, FileExistsError, FileNotFoundError) as e:
+            PhotoError, PlaceError, PresetError, SubmissionError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ and returns a `DogsVsCats` that says where everything is and what it is.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -22,7 +23,16 @@ import numpy as np
 import pandas as pd
 
 from . import download, sample
-from .files import DATA_ENV, data_dir, is_disk_full, waiting, write_atomic
+from .files import (
+    DATA_DIR_ENV,
+    DATA_ENV,
+    UNZIP_LIMIT_ENV,
+    data_dir,
+    is_disk_full,
+    waiting,
+    writable_folder,
+    write_atomic,
+)
 from .sample import SAMPLE_STAMP
 
 # What the competitions ship; a different count is reported.
@@ -32,6 +42,11 @@ SUBMISSION_FILES = ("sample_submission.csv", "sampleSubmission.csv")
 CLASSES = ("cat", "dog")  # label 0, label 1: the competition scores P(dog)
 VAL_FRACTION = 0.2  # the share of each class held out for validation
 SPLIT_SEED = 42  # the seed that fixes which images those are, whatever the training seed
+# No Kaggle zip expands past 1 GiB, nor more than about 1.1x its size (JPEGs barely compress): a zip that would is
+# refused before anything is written (a "zip bomb" fills the disk), unless VITLIB_UNZIP_LIMIT_GB allows it
+UNZIP_LIMIT_GB = 4
+UNZIP_MAX_RATIO = 20  # checked for zips that expand past UNZIP_RATIO_FROM bytes (small text files compress well)
+UNZIP_RATIO_FROM = 64 * 2**20
 _LABELLED = re.compile(rf"^({'|'.join(CLASSES)})\.(\d+)\.jpe?g$", re.IGNORECASE)
 _UNLABELLED = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
 
@@ -112,7 +127,7 @@ def prepare_data(source: str | os.PathLike | None = None, dest: Path | None = No
     test.zip (or train/ and test/ already extracted), or the competition zip itself.
     """
     source = str(source if source is not None else os.environ.get(DATA_ENV) or "auto")
-    dest = Path(dest) if dest is not None else data_dir()
+    dest = writable_folder(dest if dest is not None else data_dir(), f"the data folder ({DATA_DIR_ENV})")
     if source == "auto":
         ds = _auto(dest)
     elif source == "sample":
@@ -221,7 +236,13 @@ def _is_wrapper(zip_path: Path) -> bool:
 
 
 def _jpegs(folder: Path):
-    return (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    return (p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg") and _regular(p))
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, or a link to one: only those can be images. A FIFO would block whoever opens it, a link
+    to nothing or a link loop cannot be read (Path.is_file is False for all three, and raises for none)."""
+    return path.is_file()
 
 
 def _has_images(folder: Path) -> bool:
@@ -246,9 +267,13 @@ def check_archive(zf: zipfile.ZipFile) -> list[str]:
     Refuses (UnsafeArchiveError) absolute paths, drive letters, `..` and symbolic links: a crafted
     zip could otherwise write anywhere on disk ("zip slip").
     """
-    tops = []
+    tops, seen = [], set()
     for info in zf.infolist():
         name = info.filename.replace("\\", "/")
+        if name in seen:
+            raise UnsafeArchiveError(f"Refusing to extract {zf.filename}: it lists {info.filename!r} twice, which no "
+                                     "Kaggle zip does (damaged or crafted). Download it again.")
+        seen.add(name)
         parts = PurePosixPath(name).parts
         if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
             raise UnsafeArchiveError(
@@ -259,6 +284,31 @@ def check_archive(zf: zipfile.ZipFile) -> list[str]:
         if parts and parts[0] not in tops:
             tops.append(parts[0])
     return tops
+
+
+def check_expansion(zip_path: Path, entries: list[zipfile.ZipInfo], dest: Path) -> None:
+    """Refuse (DataError, before anything is written) a zip that would expand to more than this machine has free
+    in `dest`, or to a size or compression ratio no Kaggle zip has. zipfile never writes more than an entry
+    declares, so the declared sizes are what extraction can cost."""
+    total = sum(info.file_size for info in entries)
+    packed = max(1, sum(info.compress_size for info in entries))
+    limit_text = os.environ.get(UNZIP_LIMIT_ENV)
+    try:
+        limit = float(limit_text) if limit_text else UNZIP_LIMIT_GB
+    except ValueError:
+        raise DataError(f"{UNZIP_LIMIT_ENV} must be a number of GiB (e.g. 20), not {limit_text!r}") from None
+    gib = total / 2**30
+    override = f"if you trust it, set {UNZIP_LIMIT_ENV}={math.ceil(gib) + 1} and run again"
+    if gib > limit:
+        raise DataError(f"Refusing to extract {zip_path.name}: it would expand to {gib:.1f} GiB, more than the "
+                        f"{limit:g} GiB allowed (no Kaggle zip of this competition is over 1 GiB); {override}.")
+    if not limit_text and total > UNZIP_RATIO_FROM and total / packed > UNZIP_MAX_RATIO:
+        raise DataError(f"Refusing to extract {zip_path.name}: {packed / 2**20:.1f} MiB would expand "
+                        f"{total / packed:.0f}x to {gib:.1f} GiB, which photos never do (a zip bomb?); {override}.")
+    free = shutil.disk_usage(next(p for p in (dest, *dest.parents) if p.exists())).free
+    if total > free:
+        raise DataError(f"no space for {zip_path.name} on {dest.resolve()}: it expands to {gib:.1f} GiB and "
+                        f"{free / 2**30:.1f} GiB is free. Nothing was changed; free some space and run again.")
 
 
 def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
@@ -289,8 +339,10 @@ def _extracted(marker: Path, stamp: dict, dest: Path) -> tuple[list[Path] | None
     """The top-level paths a completed extraction left (None if there is none), and why not."""
     if not marker.is_file():
         return None, "no completion marker: an earlier extraction stopped halfway, or the folder came from elsewhere"
-    done = json.loads(marker.read_text())
-    if {k: done.get(k) for k in stamp} == stamp and all((dest / t).exists() for t in done["tops"]):
+    done = _read_json(marker)
+    if done is None or not isinstance(done.get("tops"), list):
+        return None, f"its completion marker {marker.name} is unreadable"
+    if {k: done.get(k) for k in stamp} == stamp and all((dest / str(t)).exists() for t in done["tops"]):
         return [dest / t for t in done["tops"]], ""
     return None, f"{stamp['zip']} has changed (size or modification time) since that folder was extracted from it"
 
@@ -309,6 +361,7 @@ def _extract(zip_path: Path, dest: Path, marker: Path, stamp: dict, why: str) ->
     with zf:
         tops = check_archive(zf)
         entries = [info for info in zf.infolist() if not info.is_dir()]
+        check_expansion(zip_path, entries, dest)
         try:
             zf.extractall(staging)
             found = sum(1 for p in staging.rglob("*") if p.is_file()) if staging.is_dir() else 0
@@ -346,6 +399,15 @@ def _extract(zip_path: Path, dest: Path, marker: Path, stamp: dict, why: str) ->
     return [dest / t for t in tops]
 
 
+def _read_json(path: Path) -> dict | None:
+    """The JSON object a small file of vitlib's holds, or None for one that is empty, damaged or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _free_name(path: Path) -> Path:
     n = 1
     while path.with_name(f"{path.name}.old-{n}").exists():
@@ -365,8 +427,8 @@ def check_counts(ds: DogsVsCats, warn: bool = False) -> pd.DataFrame:
     """Images found against what the competition ships (the sample against what it was made with)."""
     if ds.synthetic:
         made = {"n_train": sample.N_TRAIN, "n_test": sample.N_TEST}
-        if (ds.root / SAMPLE_STAMP).is_file():
-            made.update(json.loads((ds.root / SAMPLE_STAMP).read_text()))
+        stamp = _read_json(ds.root / SAMPLE_STAMP) if (ds.root / SAMPLE_STAMP).is_file() else None
+        made.update({k: v for k, v in (stamp or {}).items() if k in made and isinstance(v, int)})
         expected = {"train": made["n_train"], "test": made["n_test"]}
     else:
         expected = SHIPPED
@@ -410,12 +472,15 @@ def index_images(ds: DogsVsCats, part: str = "train") -> pd.DataFrame:
     if folder is None:
         raise DataError(f"{ds.name} has no test folder (looked for {', '.join(TEST_FOLDERS)}).")
     pattern = _LABELLED if part == "train" else _UNLABELLED
-    rows, odd = [], []
+    rows, odd, unreadable = [], [], []
     for p in folder.iterdir():
         m = pattern.match(p.name)
         if m is None:
             if not p.name.startswith("."):
                 odd.append(p.name)
+            continue
+        if not _regular(p):
+            unreadable.append(p.name)
             continue
         row = {"file": p.relative_to(ds.root).as_posix(), "id": int(m.group(m.lastindex))}
         if part == "train":
@@ -426,6 +491,13 @@ def index_images(ds: DogsVsCats, part: str = "train") -> pd.DataFrame:
         warnings.warn(
             f"Left out {len(odd)} file(s) in {folder.name}/ not named like the competition's: "
             f"{', '.join(sorted(odd)[:5])}",
+            DataWarning,
+            stacklevel=2,
+        )
+    if unreadable:
+        warnings.warn(
+            f"Left out {len(unreadable)} name(s) in {folder.name}/ that are not regular files (a pipe, a link to "
+            f"nothing, a link loop): {', '.join(sorted(unreadable)[:5])}",
             DataWarning,
             stacklevel=2,
         )
@@ -448,6 +520,23 @@ def split_train_val(index: pd.DataFrame, val_fraction: float = VAL_FRACTION, see
         split[take] = "val"
     out["split"] = split
     return out
+
+
+def nested_subset(index: pd.DataFrame, n: int | None, seed: int = SPLIT_SEED) -> pd.DataFrame:
+    """`index` with only `n` of its training rows kept (half of each class; all of them for None), validation rows
+    untouched: each class's training rows in one seeded order, the first n/2 taken, so that a smaller subset is
+    always part of a larger one (the photos of a data curve are nested)."""
+    if n is None:
+        return index
+    train = index[index["split"] == "train"]
+    if n > len(train):
+        raise DataError(f"train_images {n:,} is more than the {len(train):,} training photos of the split")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in sorted(train["label"].unique()):
+        rows = train.index[train["label"] == label].sort_values()
+        keep.extend(rng.permutation(rows)[: n // 2])
+    return index[(index["split"] != "train") | index.index.isin(keep)]
 
 
 def validation_split(ds: DogsVsCats, preset=None) -> pd.DataFrame:

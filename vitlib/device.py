@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -43,6 +44,15 @@ def pick_device(name: str | torch.device | None = None) -> torch.device:
 
 
 @functools.cache
+def memory_bytes() -> int | None:
+    """This machine's memory in bytes (None where the operating system does not say): the most any model or cache
+    may take. A GPU's own memory is usually smaller, and says so itself (CUDA's out-of-memory error)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def cpu_supports_bf16() -> bool:
     """bf16 is fast on CPUs with AVX512-BF16 or AMX (Xeon since Cooper/Sapphire Rapids); slow elsewhere."""
     try:

@@ -117,7 +117,11 @@ def start(device: torch.device) -> tuple[World, torch.device]:
 
 
 def stop() -> None:
-    """Leave the process group (at exit; safe to call twice)."""
+    """Leave the process group (at exit; safe to call twice). The run has said its last line by now: a SIGTERM
+    from torchrun from here on just ends the process, instead of raising Stopped into the exit (a traceback
+    after the one-line error)."""
+    if signal.getsignal(signal.SIGTERM) is _stopped:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if dist.is_initialized():
         dist.destroy_process_group()
 

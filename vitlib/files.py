@@ -1,5 +1,5 @@
 """Files and folders: where vitlib keeps things, the environment variables that move them, atomic
-writes, locks, and the progress-bar switch. Every other module writes through here.
+writes, locks, checking a place can be written before the work, and the progress-bar switch.
 
 An atomic write goes to a temporary file beside its target and is renamed onto it when complete,
 so a reader sees the old file or the new one, never half of one. A full disk is reported in one
@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import signal
+import tempfile
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from filelock import FileLock, Timeout
 DATA_ENV = "VITLIB_DATA"  # "auto" (default), "sample", "kaggle", or a path to a folder or zip
 DATA_DIR_ENV = "VITLIB_DATA_DIR"  # where downloads, extracted folders and caches go (default: the repo's data/)
 RUNS_ENV = "VITLIB_RUNS_DIR"  # where training runs go (default: the repo's runs/)
+UNZIP_LIMIT_ENV = "VITLIB_UNZIP_LIMIT_GB"  # the most a zip may expand to (default 4 GiB, and 20x its size)
 PROGRESS_ENV = "VITLIB_PROGRESS"  # "0": no progress bars (headless runs, whose saved notebooks keep only the text)
 
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -35,15 +37,53 @@ def project_dir(sub: str) -> Path:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or project_dir("data")).expanduser()
+    return _folder(DATA_DIR_ENV, "data")
 
 
 def runs_dir() -> Path:
-    return Path(os.environ.get(RUNS_ENV) or project_dir("runs")).expanduser()
+    return _folder(RUNS_ENV, "runs")
+
+
+def _folder(variable: str, default: str) -> Path:
+    """The folder `variable` names (default: the project's `default`); a PlaceError naming the variable if it is a
+    file."""
+    folder = Path(os.environ.get(variable) or project_dir(default)).expanduser()
+    if folder.exists() and not folder.is_dir():
+        where = f"{variable}={os.environ[variable]}" if os.environ.get(variable) else f"the {default} folder"
+        raise PlaceError(errno.ENOTDIR, f"{where}: {folder} is a file, not a folder; set {variable} to a folder")
+    return folder
 
 
 def progress_bars() -> bool:
     return os.environ.get(PROGRESS_ENV, "1") != "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# Where vitlib may write: checked before the work, not after it
+
+
+class PlaceError(OSError):
+    """A place vitlib was asked to write to is a file, or cannot be written; the message names the setting."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def writable_folder(folder: Path, setting: str) -> Path:
+    """`folder`, once this process can create files in it, or in the nearest folder above it that exists (where
+    it will be made); a PlaceError naming `setting` (e.g. "--run-dir", or VITLIB_DATA_DIR) where it cannot:
+    a file on the way, no permission, a read-only disk. Nothing is left behind by the check."""
+    folder = Path(folder).expanduser()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise PlaceError(errno.ENOTDIR, f"{setting}: {existing} is a file, not a folder; choose a folder for {folder}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise PlaceError(e.errno, f"{setting}: cannot write in {existing} ({e.strerror or e}); choose a folder you "
+                                  "can write to") from None
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +113,14 @@ def disk_full(folder: Path, what: str) -> DiskFullError:
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
 
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.vitlib\.tmp$")  # what temporary_name writes, and only that
+
+
+def temporary_name(path: Path, pid: int | None = None) -> Path:
+    """The temporary file an atomic write of `path` goes to in process `pid` (default: this one):
+    `.<name>.<pid>.vitlib.tmp` beside it. The marker and the pid are how vitlib knows a file is its own."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.vitlib.tmp")
 
 
 def _alive(pid: int) -> bool:
@@ -88,13 +135,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
-    """Delete the temporary files (`.<name>.<pid>.tmp`) that killed processes left in `folder`."""
+def remove_stale_temporaries(folder: Path, names=None) -> list[Path]:
+    """Delete the temporary files of atomic writes (temporary_name) that killed processes left in `folder`: of
+    the files `names` (a name or several; None: of any file). Nothing vitlib did not write is touched: a file
+    counts as vitlib's only by temporary_name's pattern, and only once the process in its name has ended."""
+    names = {names} if isinstance(names, str) else None if names is None else set(names)
     removed = []
-    pattern = f".{name}.*.tmp" if name else ".*.tmp"
-    for tmp in Path(folder).glob(pattern):
+    for tmp in Path(folder).glob(".*.vitlib.tmp"):
         m = _TMP.match(tmp.name)
-        if m and (name is None or m["name"] == name) and not _alive(int(m["pid"])):
+        if m and (names is None or m["name"] in names) and not _alive(int(m["pid"])):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -111,7 +160,7 @@ def atomic_path(path: Path):
     path = Path(path)
     if path.parent.is_dir():
         remove_stale_temporaries(path.parent, path.name)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)

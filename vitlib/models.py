@@ -12,6 +12,7 @@ convolutions ("conv").
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -24,7 +25,11 @@ from vit_pytorch.vit import ViT as FullViT
 from vit_pytorch.vit_for_small_dataset import SPT
 from vit_pytorch.vit_for_small_dataset import ViT as SmallDataViT
 
+from .device import memory_bytes
 from .patches import PATTERN as PATCH_ORDER  # vit-pytorch's patch order: rows of patches, then pixels
+
+MAX_IMAGE_SIZE = 4096  # px per side: 16 megapixels, far above any photo of the competition (at most 500 px)
+TRAINING_BYTES_PER_PARAMETER = 16  # fp32 weights, their gradients and AdamW's two moments
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class ModelConfig:
     stem: str = "patch"  # tokens from "patch": one linear map per patch (vit-pytorch's); "spt": shifted patch
     # tokenization (the patch and its four 1-pixel shifts, vit-pytorch's SPT); "conv": see conv_stem
     family: str = "vit"  # or "cnn": the conv stem, then `depth` residual conv blocks (see SmallCNN); no attention
+    distill: bool = False  # a DeiT distillation token and head beside the CLS token (see DistilledViT); a preset
+    # with a `teacher` trains it
     num_classes: int = 2
 
     def __post_init__(self):
@@ -51,6 +58,8 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"model {name} must be a whole number >= 1, not {value!r}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"model image_size must be at most {MAX_IMAGE_SIZE} px, not {self.image_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.heads:
@@ -60,6 +69,10 @@ class ModelConfig:
                               ("family", ("vit", "cnn"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
+        if not isinstance(self.distill, bool):
+            raise ValueError(f"distill must be true or false, not {self.distill!r}")
+        if self.distill and self.family != "vit":
+            raise ValueError("a distillation token is a ViT's: distill needs family 'vit', not 'cnn'")
         if self.family == "cnn" and self.stem != "conv":
             raise ValueError(f"the cnn family is built on the conv stem: stem must be 'conv', not {self.stem!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -69,6 +82,11 @@ class ModelConfig:
             raise ValueError(f"dropout must lie in [0, 1), not {self.dropout!r}")
         if self.pos_init_std is not None and not (_number(self.pos_init_std) and self.pos_init_std > 0):
             raise ValueError(f"pos_init_std must be None or a finite number > 0, not {self.pos_init_std!r}")
+        memory, params = memory_bytes(), estimated_parameters(self)
+        if memory and params * TRAINING_BYTES_PER_PARAMETER > memory:
+            raise ValueError(f"a model of dim {self.dim} and depth {self.depth} has about {params:,.0f} parameters, "
+                             f"{params * TRAINING_BYTES_PER_PARAMETER / 2**30:,.0f} GiB to train: more than this "
+                             f"machine's {memory / 2**30:.0f} GiB. Choose a smaller model.dim or model.depth")
 
     @property
     def grid(self) -> int:
@@ -81,8 +99,8 @@ class ModelConfig:
 
     @property
     def seq_len(self) -> int:
-        """Tokens the transformer sees: the patches and the CLS token."""
-        return self.num_patches + 1
+        """Tokens the transformer sees: the patches, the CLS token and, with `distill`, the distillation token."""
+        return self.num_patches + 1 + self.distill
 
     @property
     def patch_dim(self) -> int:
@@ -90,6 +108,21 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         return replace(self, **changes)
+
+
+def estimated_parameters(cfg: ModelConfig) -> float:
+    """About how many parameters build_model(cfg) makes (within a few percent), worked out before anything is built:
+    per block 12 dim^2 (Q, K, V and the output projection 4 dim^2, the MLP 8 dim^2; a conv block 9 dim^2),
+    Linformer's E and F, the stem, the positions and the head."""
+    d, n = cfg.dim, cfg.seq_len
+    steps = int(math.log2(cfg.patch_size))
+    widths = [3] + [d // 2 ** (steps - 1 - i) for i in range(steps)]
+    conv = sum(9 * a * b for a, b in zip(widths[:-1], widths[1:], strict=True))  # the conv stem (see conv_layers)
+    if cfg.family == "cnn":
+        return cfg.depth * 9 * d * d + conv + d * cfg.num_classes
+    stem = conv if cfg.stem == "conv" else cfg.patch_dim * d * (5 if cfg.stem == "spt" else 1)
+    linformer = 2 * n * cfg.k if cfg.attention == "linformer" else 0
+    return cfg.depth * (12 * d * d + linformer) + stem + n * d + d * cfg.num_classes
 
 
 def _number(value) -> bool:
@@ -143,6 +176,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.pos_init_std is not None:  # every ViT family member has these two
         nn.init.trunc_normal_(model.pos_embedding, std=cfg.pos_init_std)
         nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
+    if cfg.distill:
+        model = DistilledViT(model)
     model.config = cfg
     return model
 
@@ -200,6 +235,57 @@ class SmallCNN(nn.Module):
         return self.head(x)
 
 
+class DistilledViT(nn.Module):
+    """A ViT with DeiT's distillation token (Touvron et al., 2021, "Training data-efficient image transformers").
+
+    A second learned token joins the CLS token and the patch tokens, with a position of its own; it attends and
+    is attended to like any token, and after the last block its own head (a copy of the ViT's head, initialised
+    afresh) predicts what the teacher says. Training returns both heads' logits (class head, distillation head)
+    for distill.deit_loss; evaluation returns their mean, as DeiT predicts.
+
+    vit-pytorch has this idea as `DistillableViT` / `DistillableEfficientViT` (vit_pytorch/distill.py), but its
+    token is written for the standard ViT's (1, dim) class token and gets no position: on the efficient ViT, whose
+    CLS token is (1, 1, dim), its forward fails. Here the token is written out once for every vitlib ViT (the
+    wrapped `vit` keeps its own stem, CLS token, positions, transformer and head), and its transformer must be
+    built for seq_len + 1 tokens (Linformer's E and F have a fixed length): build_model does that.
+    """
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+        dim = vit.pos_embedding.shape[-1]
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_pos = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.dist_token, std=0.02)
+        nn.init.trunc_normal_(self.dist_pos, std=0.02)
+        self.dist_head = copy.deepcopy(vit.mlp_head)  # the class head's shape, weights of its own
+        for layer in self.dist_head.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+
+    def forward(self, img: torch.Tensor):
+        vit = self.vit
+        x = vit.to_patch_embedding(img)
+        b, _, dim = x.shape
+        x = torch.cat((vit.cls_token.reshape(1, -1, dim).expand(b, -1, -1), x), dim=1)
+        x = x + vit.pos_embedding.reshape(1, -1, dim)[:, : x.shape[1]]
+        x = torch.cat((x, (self.dist_token + self.dist_pos).expand(b, -1, -1)), dim=1)
+        x = vit.transformer(vit.dropout(x) if hasattr(vit, "dropout") else x)
+        tokens, dist = x[:, :-1], x[:, -1]
+        pooled = tokens.mean(dim=1) if vit.pool == "mean" else tokens[:, 0]
+        logits, dist_logits = vit.mlp_head(vit.to_latent(pooled)), self.dist_head(dist)
+        return (logits, dist_logits) if self.training else (logits + dist_logits) / 2
+
+    # what looks inside a ViT (stems, positions) finds the same parts here
+    @property
+    def to_patch_embedding(self) -> nn.Module:
+        return self.vit.to_patch_embedding
+
+    @property
+    def pos_embedding(self) -> nn.Parameter:
+        return self.vit.pos_embedding
+
+
 @torch.no_grad()
 def init_identity_projections(model: nn.Module, noise: float = 0.02) -> None:
     """Start Linformer's E and F (n x k) at the identity, plus a little noise.
@@ -233,6 +319,7 @@ def describe(model: nn.Module) -> str:
     """The architecture in one line: its kind, stem, geometry and size."""
     cfg = model.config
     size = f"{count_parameters(model) / 1e6:.2f}M parameters"
+    tokens = f"{cfg.seq_len} tokens" if not cfg.distill else f"{cfg.seq_len - 1} tokens + a distillation token"
     if cfg.family == "cnn":
         return (f"small CNN: {cfg.image_size} px, conv stem to {cfg.grid}x{cfg.grid} x {cfg.dim} channels, "
                 f"{cfg.depth} residual 3x3 conv blocks, {size}")
@@ -241,6 +328,6 @@ def describe(model: nn.Module) -> str:
     stem = {"patch": "patch", "spt": "shifted patches (SPT), patch", "conv": "conv stem, patch"}[cfg.stem]
     return (
         f"{kind}: {cfg.image_size} px, {stem} {cfg.patch_size} -> {cfg.grid}x{cfg.grid} tokens + CLS = "
-        f"{cfg.seq_len} tokens, dim {cfg.dim} = {cfg.heads} heads x {cfg.dim // cfg.heads}, depth {cfg.depth}, "
+        f"{tokens}, dim {cfg.dim} = {cfg.heads} heads x {cfg.dim // cfg.heads}, depth {cfg.depth}, "
         f"{size}"
     )

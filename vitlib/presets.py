@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
@@ -19,7 +20,9 @@ import torch
 
 from .augment import AugmentConfig
 from .data import SPLIT_SEED, VAL_FRACTION, DogsVsCats
-from .models import SEED_NOTEBOOK_MODEL, ModelConfig
+from .models import MAX_IMAGE_SIZE, SEED_NOTEBOOK_MODEL, ModelConfig
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class PresetError(ValueError):
@@ -48,9 +51,15 @@ class Preset:
     val_fraction: float = VAL_FRACTION
     split_seed: int = SPLIT_SEED  # the split is fixed by this, whatever the training seed
     seed: int = 0
+    train_images: int | None = None  # train on this many of the split's training photos (half of each class, nested:
+    # data.nested_subset), for the data curve; validation keeps all of its photos. None: all
+    teacher: str | None = None  # DeiT distillation (vitlib.distill): the teacher's checkpoint, a committed model's
+    # kind ("cnn") or a path; the model needs a distillation token (model.distill). None: no teacher
 
     def __post_init__(self):
         """Refuse a setting out of range here, where every preset is made, before anything is written."""
+        _check("name", self.name, isinstance(self.name, str) and _NAME.fullmatch(self.name) is not None,
+               "a plain name of letters, digits, '.', '_' and '-' (it names the run folder: runs/<name>-<data>)")
         for name in ("epochs", "batch_size"):
             _check(name, getattr(self, name), _whole(getattr(self, name)) and getattr(self, name) >= 1,
                    "a whole number >= 1")
@@ -62,8 +71,11 @@ class Preset:
             _check(name, getattr(self, name), _number(getattr(self, name)) and getattr(self, name) >= 0,
                    "a number >= 0")
         _check("cache_size", self.cache_size, self.cache_size is None or _whole(self.cache_size)
-               and isinstance(self.model, ModelConfig) and self.cache_size >= self.model.image_size,
-               f"None or a whole number >= model.image_size ({getattr(self.model, 'image_size', '?')})")
+               and isinstance(self.model, ModelConfig) and self.model.image_size <= self.cache_size <= MAX_IMAGE_SIZE,
+               f"None or a whole number from model.image_size ({getattr(self.model, 'image_size', '?')}) to "
+               f"{MAX_IMAGE_SIZE}")
+        _check("train_images", self.train_images, self.train_images is None or _whole(self.train_images)
+               and self.train_images >= 2, "None or a whole number >= 2")
         _check("label_smoothing", self.label_smoothing, _number(self.label_smoothing)
                and 0 <= self.label_smoothing < 1, "a number in [0, 1)")
         _check("val_fraction", self.val_fraction, _number(self.val_fraction) and 0 < self.val_fraction < 1,
@@ -73,6 +85,12 @@ class Preset:
         _check("optimizer", self.optimizer, self.optimizer in ("adam", "adamw"), "'adam' or 'adamw'")
         _check("schedule", self.schedule, self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
         _check("model", self.model, isinstance(self.model, ModelConfig), "a ModelConfig")
+        _check("teacher", self.teacher, self.teacher is None or isinstance(self.teacher, str) and self.teacher.strip(),
+               "None or a checkpoint (a committed model's kind, such as 'cnn', or a path)")
+        if (self.teacher is not None) != self.model.distill:
+            raise PresetError("a teacher needs a student with a distillation token, and the token needs a teacher: set "
+                              "both teacher and model.distill=true, or neither"
+                              f" (teacher={self.teacher!r}, model.distill={self.model.distill})")
         _check("augment", self.augment, isinstance(self.augment, AugmentConfig), "an AugmentConfig")
 
     @property

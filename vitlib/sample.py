@@ -78,12 +78,20 @@ def _write_zip(path: Path, files: dict[str, bytes]) -> None:
             zf.writestr(zipfile.ZipInfo(name, _DATE), data)
 
 
+def _stamped(stamp: Path):
+    """What a sample's stamp says (None for an empty or damaged one: that sample is written again)."""
+    try:
+        return json.loads(stamp.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
 def write_sample(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> Path:
     """Write train.zip, test.zip and sample_submission.csv into `folder` (a no-op when current)."""
     folder = Path(folder)
     meta = {"version": VERSION, "n_train": n_train, "n_test": n_test, "seed": seed}
     stamp = folder / SAMPLE_STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()) == meta:
+    if stamp.is_file() and _stamped(stamp) == meta:
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # an older sample: everything in it is ours
     folder.mkdir(parents=True)

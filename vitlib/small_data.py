@@ -10,6 +10,7 @@ from attending mostly to itself, a conv stem builds every token from small overl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -128,6 +129,7 @@ def plot_lsa(weights: dict[str, torch.Tensor], title: str) -> plt.Figure:
 
 ABLATION_RECORD = Path(__file__).parent / "pretrained" / "ablation-cpu.csv"  # what benchmarks/ablation.py recorded
 ABLATION_BASE = "cpu-plain"  # the plain ViT every row starts from
+DATA_CURVE = (2000, 4000, 8000)  # training photos of the data curve's smaller points (16,000: the whole split)
 ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m vitlib train --set KEY=VALUE)
     "cpu-plain": [],
     "conv-stem": ["model.stem=conv"],
@@ -171,7 +173,32 @@ ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m 
     # the same hour with the cpu preset's four heads (about 1.1x as fast): 80 epochs instead of 72
     "conv-96px-p16-80ep-heads4-crop35": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=80",
                                          "model.heads=4", "augment.scale=[0.35, 1.0]"],
+    # training seeds 1 and 2 of the rows notebook 05 draws conclusions from (the split stays fixed): the seed spread
+    "cnn-96px-36ep-seed1": ["model.family=cnn", "model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                            "epochs=36", "seed=1"],
+    "cnn-96px-36ep-seed2": ["model.family=cnn", "model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                            "epochs=36", "seed=2"],
+    "conv-96px-p16-21ep-heads4-seed1": ["model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                                        "epochs=21", "model.heads=4", "seed=1"],
+    "conv-96px-p16-21ep-heads4-seed2": ["model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                                        "epochs=21", "model.heads=4", "seed=2"],
+    # DeiT: the cpu recipe with a distillation token, taught by the shipped reference CNN (vitlib/pretrained/cnn-cpu.pt,
+    # row cnn-96px-36ep-seed1) on every batch; the teacher's forward pass costs about a fifth of the speed, so 16 epochs
+    # fit the 15 minutes where 21 did
+    "deit-96px-p16-16ep-heads4": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=16",
+                                  "model.heads=4", "model.distill=true", "teacher=cnn"],
+    "deit-96px-p16-16ep-heads4-seed1": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=16",
+                                        "model.heads=4", "model.distill=true", "teacher=cnn", "seed=1"],
+    "deit-96px-p16-16ep-heads4-seed2": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=16",
+                                        "model.heads=4", "model.distill=true", "teacher=cnn", "seed=2"],
+    # the data curve: the cpu recipe (21 epochs) and the reference CNN (36 epochs) on nested subsets of the 16,000
+    # training photos, validated on the same 4,000; at 16,000 they are conv-96px-p16-21ep-heads4 and cnn-96px-36ep
+    **{f"data-{n}-vit": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21",
+                         "model.heads=4", f"train_images={n}"] for n in DATA_CURVE},
+    **{f"data-{n}-cnn": ["model.family=cnn", "model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                         "epochs=36", f"train_images={n}"] for n in DATA_CURVE},
 }
+DATA_CURVE_FULL = {"vit": "conv-96px-p16-21ep-heads4", "cnn": "cnn-96px-36ep"}  # the curve's points at all 16,000
 
 
 def ablation_command(name: str, data: str) -> list[str]:
@@ -191,6 +218,29 @@ def best_run(table: pd.DataFrame) -> str:
     return table.sort_values(["val acc", "val log loss"], ascending=[False, True]).index[0]
 
 
+SEED_SUFFIX = re.compile(r"-seed(\d+)$")  # rows that repeat another row's recipe with another training seed
+
+
+def recipe_name(run: str) -> str:
+    """The row a seed repeat repeats (`conv-96px-p16-21ep-heads4-seed1` -> `conv-96px-p16-21ep-heads4`)."""
+    return SEED_SUFFIX.sub("", run)
+
+
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One line per recipe of an ablation_table: how many training seeds ran it (the split stays fixed), and the mean
+    and standard deviation over them of the validation accuracy and log loss, and of the minutes. A difference
+    between two recipes is real only where it exceeds these spreads."""
+    groups = table.groupby(table.index.map(recipe_name), sort=False)
+    out = pd.DataFrame({
+        "model": groups["model"].first(),
+        "seeds": groups.size(),
+        "val acc": groups["val acc"].mean(), "acc sd": groups["val acc"].std(ddof=1),
+        "val log loss": groups["val log loss"].mean(), "loss sd": groups["val log loss"].std(ddof=1),
+        "minutes": groups["minutes"].mean(),
+    })
+    return out.rename_axis("recipe").round({"val acc": 4, "acc sd": 4, "val log loss": 4, "loss sd": 4, "minutes": 1})
+
+
 def ablation_runs() -> pd.DataFrame:
     """The recorded ablation: one line per epoch of every run, with its `run`, `device`, `data` and `command`."""
     return reference_runs(ABLATION_RECORD)
@@ -199,7 +249,8 @@ def ablation_runs() -> pd.DataFrame:
 def ablation_table(runs: pd.DataFrame | None = None, base: Preset | None = None,
                    rows: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """One line per recorded run (`runs`, by default ablation_runs()): what it changed from `base` (by default
-    the ABLATION_BASE preset) as `rows` (by default ABLATION_ROWS) says, the model's family and parameters, and
+    the ABLATION_BASE preset) as `rows` (by default ABLATION_ROWS) says, the model (ViT, CNN, or DeiT: a ViT taught
+    by a teacher) and its parameters, and
     metrics.run_summary of its history (best epoch by validation log loss), with its speed and wall time."""
     runs = ablation_runs() if runs is None else runs
     base = get_preset(ABLATION_BASE) if base is None else base
@@ -211,7 +262,7 @@ def ablation_table(runs: pd.DataFrame | None = None, base: Preset | None = None,
         summary = run_summary(history.sort_values("epoch"))
         lines.append({
             "run": name,
-            "model": preset.model.family.upper() if preset.model.family == "cnn" else "ViT",
+            "model": "CNN" if preset.model.family == "cnn" else "DeiT" if preset.teacher else "ViT",
             "changes": ", ".join(settings) or "(none)",
             "params (M)": round(count_parameters(build_model(preset.model)) / 1e6, 2),
             **{k: summary[k] for k in ("epochs", "best epoch", "val acc", "val log loss")},
@@ -222,20 +273,26 @@ def ablation_table(runs: pd.DataFrame | None = None, base: Preset | None = None,
     return pd.DataFrame(lines).set_index("run")
 
 
-def plot_ablation(runs: pd.DataFrame, cnn: tuple[str, ...] = (), source: str | None = None) -> plt.Figure:
+def plot_ablation(runs: pd.DataFrame, cnn: tuple[str, ...] = (), highlight: tuple[str, ...] = (),
+                  source: str | None = None) -> plt.Figure:
     """Validation accuracy (left) and log loss (right) against wall time (log scale: 15-minute and hour-long runs
-    side by side), every run in a colour of its own (past 20 runs, the colours repeat with square markers instead of
-    round ones); the runs named in `cnn` dashed. A dotted line marks 15 minutes,
+    side by side). The runs named in `highlight` (default: all) each get a colour, a marker and a legend entry; the
+    others are drawn thin and grey, for context. The runs named in `cnn` are dashed. A dotted line marks 15 minutes,
     the `cpu` preset's budget."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 5.4), layout="constrained")
     groups = list(runs.groupby("run", sort=False))
-    colors = plt.cm.tab20(np.arange(len(groups)) % 20) if len(groups) > 10 else [None] * len(groups)  # 21+: repeats
-    markers = ["os^D"[i // 20 % 4] for i in range(len(groups))]  # ... with another marker, so no two runs look alike
-    for (name, h), color, marker in zip(groups, colors, markers, strict=True):
+    shown = [name for name, _ in groups if not highlight or name in highlight]
+    colors = dict(zip(shown, plt.cm.tab10(np.arange(len(shown)) % 10), strict=True))
+    markers = {name: "os^D"[i // 10 % 4] for i, name in enumerate(shown)}  # past ten runs: another marker
+    for name, h in groups:
         h = h.sort_values("epoch")
-        style = dict(ls="--" if name in cnn else "-", marker=marker, ms=2.5, lw=1.3, color=color)
-        ax_acc.plot(h["elapsed_s"] / 60, h["val_acc"], label=name, **style)
-        ax_loss.plot(h["elapsed_s"] / 60, h["val_loss"], label=name, **style)
+        if name in colors:
+            style = dict(color=colors[name], marker=markers[name], ms=2.5, lw=1.5, label=name, zorder=3)
+        else:
+            style = dict(color="0.75", lw=0.8, zorder=1)
+        style["ls"] = "--" if name in cnn else "-"
+        ax_acc.plot(h["elapsed_s"] / 60, h["val_acc"], **style)
+        ax_loss.plot(h["elapsed_s"] / 60, h["val_loss"], **style)
     for ax in (ax_acc, ax_loss):
         ax.axvline(15, color="gray", ls=":", lw=1)
         ax.set(xlabel="minutes (cache, training and validation; log scale)", xscale="log")
@@ -246,10 +303,44 @@ def plot_ablation(runs: pd.DataFrame, cnn: tuple[str, ...] = (), source: str | N
     ax_acc.set(ylabel="validation accuracy", title="accuracy against time")
     ax_loss.set(ylabel="validation log loss", title="log loss against time")
     handles, labels = ax_acc.get_legend_handles_labels()  # one legend for both, below them: it covers no curve
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    if len(shown) < len(groups):
+        handles.append(plt.Line2D([], [], color="0.75", lw=0.8))
+        labels.append(f"the {len(groups) - len(shown)} other runs")
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     if source:
         fig.suptitle(source, fontsize=10)
     return fig
+
+
+def data_curve(table: pd.DataFrame, full: int = 16_000) -> pd.DataFrame:
+    """Validation accuracy and log loss of the ViT and the CNN against the number of training photos, from an
+    ablation_table holding the data-N-vit / data-N-cnn rows (and, at `full` photos, DATA_CURVE_FULL's rows): one
+    line per size that both models have, columns like ("val acc", "vit")."""
+    rows = {}
+    for kind, at_full in DATA_CURVE_FULL.items():
+        for n in (*DATA_CURVE, full):
+            name = at_full if n == full else f"data-{n}-{kind}"
+            if name in table.index:
+                rows[(n, kind)] = table.loc[name, ["val acc", "val log loss", "minutes"]]
+    curve = pd.DataFrame(rows).T.rename_axis(["training photos", "model"]).unstack("model")
+    return curve.dropna().astype(float)
+
+
+def plot_data_curve(curve: pd.DataFrame, source: str | None = None) -> plt.Figure:
+    """Validation accuracy (left) and log loss (right) of both models against training photos (log scale)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("val acc", "val log loss"), strict=True):
+        for kind, style in (("vit", "o-"), ("cnn", "s--")):
+            ax.plot(curve.index, curve[(metric, kind)], style, label="ViT (cpu recipe)" if kind == "vit" else
+                    "reference CNN")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(curve.index), [f"{n:,}" for n in curve.index])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set(xlabel="training photos (the same 4,000 validate)", ylabel=f"validation {metric[4:]}")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("accuracy against data")
+    axes[1].set_title("log loss against data")
+    return finish(fig, (axes[0],), source)
 
 
 # ---------------------------------------------------------------------------------------------

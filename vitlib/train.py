@@ -24,15 +24,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import device as devices
-from . import distributed, metrics
+from . import distill, distributed, metrics
 from .augment import BatchAugment, normalize
 from .cache import ImageCache, build_cache
-from .checkpoints import load_checkpoint, load_model, save_checkpoint, training_state
-from .data import DogsVsCats, validation_split
+from .checkpoints import load_checkpoint, load_model, restore, save_checkpoint, training_state
+from .data import DataError, DogsVsCats, nested_subset, validation_split
 from .distributed import SINGLE, World
-from .files import exclusive, progress_bars, remove_stale_temporaries, runs_dir, uninterrupted, write_atomic
+from .files import (
+    exclusive,
+    progress_bars,
+    remove_stale_temporaries,
+    runs_dir,
+    uninterrupted,
+    writable_folder,
+    write_atomic,
+)
 from .models import build_model
 from .presets import Preset, PresetError
+
+RUN_FILES = ("last.pt", "best.pt", "history.csv")  # what fit writes into a run folder
 
 
 class RunExistsError(FileExistsError):
@@ -71,9 +81,15 @@ def prepare_training_data(ds: DogsVsCats, preset: Preset, device=None, cache_dir
     # a larger cache for the training photos (preset.cache_size): the whole split, so that it is the same file a
     # preset training at that size uses
     large = cache if preset.train_size == cache.size else build_cache(ds, index, preset.train_size, cache_dir=cache_dir)
+    index = nested_subset(index, preset.train_images, preset.split_seed)  # the caches hold all: one file per size
     on = device if _fits(cache, device, world) and _fits(large, device, world) else torch.device("cpu")
     parts = [world.shard(list(index.loc[index["split"] == part, "file"])) for part in ("train", "val")]
     train, val = large.select(parts[0]), cache.select(parts[1])
+    for name, part in (("training", train), ("validation", val)):
+        if len(part) == 0:
+            raise DataError(f"no readable {name} photos in {ds.name} ({len(index):,} labelled files, "
+                            f"val_fraction {preset.val_fraction}): check the photos, or choose a val_fraction that "
+                            "leaves some on both sides")
     del cache, large  # the two parts are copies: free the wholes before moving them
     return TrainData(train.to(on), val.to(on), ds.identity, ds.describe(), device, time.perf_counter() - start, world)
 
@@ -166,13 +182,19 @@ def epoch_generator(preset: Preset, epoch: int, device: torch.device, rank: int 
     return torch.Generator(device=device).manual_seed(epoch_seed(preset, epoch, rank))
 
 
-def train_step(model, x, target, opt, scaler, preset: Preset, device: torch.device, mixed_precision: bool = True):
+def train_step(model, x, target, opt, scaler, preset: Preset, device: torch.device, mixed_precision: bool = True,
+               teacher: nn.Module | None = None):
     """One optimiser step as training takes it: the forward pass in the device's mixed precision,
-    cross-entropy with label smoothing, a (scaled) backward pass, gradient clipping, the step.
-    Returns the logits and the loss."""
+    cross-entropy with label smoothing (with a `teacher`, DeiT's loss: distill.deit_loss), a (scaled) backward
+    pass, gradient clipping, the step. Returns the logits (a distilled student's: its two heads' mean) and the loss."""
     with devices.autocast(device) if mixed_precision else contextlib.nullcontext():
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), target, label_smoothing=preset.label_smoothing)
+        said = distill.teacher_logits(teacher, x) if teacher is not None else None
+    if said is None:
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=preset.label_smoothing)
+    else:
+        loss = distill.deit_loss(logits, target, said, preset.label_smoothing)
+        logits = (logits[0] + logits[1]) / 2
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if preset.grad_clip:
@@ -204,6 +226,7 @@ def train_one_epoch(
     steps: int | None = None,
     after_step=None,
     mixed_precision: bool = True,
+    teacher: nn.Module | None = None,
 ) -> dict:
     """One pass over `data` in `steps` steps of batch_size images (default: as many as fit). Among torchrun's
     processes, `data` is this one's shard and each step takes batch_size / world.size images from it;
@@ -225,7 +248,7 @@ def train_one_epoch(
         x = data.images[idx].to(device, non_blocking=True)
         y = data.labels[idx].to(device, non_blocking=True)
         x, target = augment(x, y, gen)
-        logits, loss = train_step(model, x, target, opt, scaler, preset, device, mixed_precision)
+        logits, loss = train_step(model, x, target, opt, scaler, preset, device, mixed_precision, teacher)
         lr = opt.param_groups[0]["lr"]  # the rate this step used
         with warnings.catch_warnings():  # fp16: a step the scaler skips (inf gradients) still advances the schedule
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
@@ -264,13 +287,32 @@ def default_run_dir(preset: Preset, data_id: dict) -> Path:
     return runs_dir() / f"{preset.name}-{data_id['name']}"
 
 
+def check_run_dir(run_dir: Path) -> Path:
+    """`run_dir`, if a run may live there: a new folder, an empty one, or one holding a vitlib run (RUN_FILES);
+    a RunExistsError in one line, before anything is trained or written, for a file, or for a folder of
+    other things (`/`, your home, a project); hidden files (a killed run's temporaries, .ipynb_checkpoints) do not
+    count."""
+    run_dir = Path(run_dir).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"the run folder {run_dir} is a file, not a folder: choose another run_dir (--run-dir). "
+                             "Nothing was written.")
+    run_dir = writable_folder(run_dir, "the run folder (run_dir, --run-dir)")
+    if run_dir.is_dir() and not any((run_dir / name).exists() for name in RUN_FILES):
+        other = [p.name for p in run_dir.iterdir() if not p.name.startswith(".")]  # .DS_Store, .ipynb_checkpoints
+        if other:
+            shown = ", ".join(sorted(other)[:3]) + (", ..." if len(other) > 3 else "")
+            raise RunExistsError(f"the run folder {run_dir} holds {len(other)} other thing(s) ({shown}) and no vitlib "
+                                 "run: choose a new or empty folder (--run-dir). Nothing was written.")
+    return run_dir
+
+
 def claim_run(run_dir: Path):
     """Hold `run_dir` for this process while the block runs; refused at once (BusyError) if another holds it.
 
     The lock sits beside the folder (`.<name>.lock`); the operating system drops it when its process
     ends, however it ends, so a killed run never blocks the next one. Reentrant within a process.
     """
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
     return exclusive(run_dir.parent / f".{run_dir.name}.lock",
                      f"another process is training into {run_dir.name}/ right now; wait for it to finish, or "
                      "choose another run folder. Nothing was written.")
@@ -280,20 +322,22 @@ def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = Tr
                  processes: int = 1) -> dict | None:
     """The last checkpoint of `run_dir` to continue from (None for a fresh run), or a RunExistsError when
     the folder holds a run this call must not touch: any run when `resume` is off, another recipe's, one
-    trained on other data, or by another number of processes. Temporary files a killed run left there are
-    removed."""
+    trained on other data, or by another number of processes. Temporary files of RUN_FILES that a killed run
+    left there are removed (nothing else)."""
     run_dir = Path(run_dir)
     if run_dir.is_dir():
-        remove_stale_temporaries(run_dir)
+        remove_stale_temporaries(run_dir, RUN_FILES)
     last = run_dir / "last.pt"
     if not last.is_file():
         return None
     ckpt = load_checkpoint(last, device)
     if not resume:
-        raise RunExistsError(f"{run_dir} already holds a run; resume it (resume=True) or choose another "
-                             "run_dir. Nothing was overwritten.")
-    if _recipe(ckpt) != preset:
-        raise RunExistsError(f"{run_dir} holds a run of a different recipe ({ckpt['preset']['name']}); "
+        raise RunExistsError(f"{run_dir} already holds a run; resume it (without --fresh; resume=True in fit) or "
+                             "choose another run_dir. Nothing was overwritten.")
+    recipe = _recipe(ckpt)
+    if recipe != preset:
+        name = recipe.name if recipe else "one this vitlib cannot read"
+        raise RunExistsError(f"{run_dir} holds a run of a different recipe ({name}); "
                              "choose another run_dir. Nothing was overwritten.")
     if ckpt["data_id"] != dict(data_id):
         raise RunExistsError(f"{run_dir} holds a run trained on other data ({ckpt['data']}); choose another "
@@ -309,7 +353,7 @@ def _recipe(ckpt: dict) -> Preset | None:
     """The preset a checkpoint was trained with, settings added since then at their defaults (None if unreadable)."""
     try:
         return Preset.from_dict(ckpt["preset"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
@@ -368,8 +412,8 @@ def fit(preset: Preset, data: TrainData, run_dir: Path | None = None, resume: bo
     # every process takes the same number of steps: as many as the smallest shard holds
     steps = min(distributed.gather(len(data.train) // (preset.batch_size // world.size), world))
     if steps == 0:
-        raise ValueError(f"{len(data.train) * world.size} training images is less than one batch of "
-                         f"{preset.batch_size}")
+        raise PresetError(f"batch_size {preset.batch_size} is more than the {len(data.train) * world.size:,} training "
+                          "images: choose a smaller batch_size (--batch-size), or more training photos (val_fraction)")
     say(f"device: {devices.describe_device(device, mixed_precision)}{_processes(world)}"
         f"\ndata: {data.source}\nrun: {preset.name} -> {run_dir.name}/")
     if device.type == "cuda":
@@ -381,16 +425,18 @@ def fit(preset: Preset, data: TrainData, run_dir: Path | None = None, resume: bo
         distributed.from_main(functools.partial(_hold, held, run_dir), world)
         ckpt = distributed.from_main(lambda: resume_point(run_dir, preset, data.data_id, resume,
                                                           device if world.size == 1 else "cpu", world.size), world)
+        # the teacher first: building it draws random numbers, which the student's initialisation must not see
+        teacher = distill.load_teacher(preset.teacher, preset.model.image_size, device) if preset.teacher else None
         torch.manual_seed(preset.seed)
         model = build_model(preset.model).to(device)
         opt = make_optimizer(model, preset)
         sched = make_scheduler(opt, preset, steps)
         scaler = make_scaler(device, mixed_precision)
-        rows = _restore(ckpt, model, opt, sched, scaler, preset, say) if ckpt else []
+        rows = _restore(ckpt, run_dir, model, opt, sched, scaler, preset, say) if ckpt else []
         trained = distributed.wrap(model, world, device)
         trained = torch.compile(trained) if compile else trained
         rows = _epochs(preset, data, run_dir, model, trained, opt, sched, scaler, rows, progress, stop_when, steps,
-                       after_step, mixed_precision)
+                       after_step, mixed_precision, teacher)
     return Run(preset, run_dir, pd.DataFrame(rows), model, data, device)
 
 
@@ -403,21 +449,16 @@ def _silent(*args, **kwargs) -> None:
     """print, for the processes other than rank 0."""
 
 
-def _restore(ckpt: dict, model, opt, sched, scaler, preset: Preset, say=print) -> list[dict]:
+def _restore(ckpt: dict, run_dir: Path, model, opt, sched, scaler, preset: Preset, say=print) -> list[dict]:
     """Load a checkpoint's training state into the freshly built parts; return its history rows."""
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
-    if ckpt["scaler"] and scaler.is_enabled():  # a run may resume on a device of another precision
-        scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-    done = ckpt["epoch"]
+    done, rows = restore(ckpt, run_dir / "last.pt", model=model, optimizer=opt, scheduler=sched, scaler=scaler)
     say(f"resuming after epoch {done}" if done < preset.epochs else f"already trained: {done} epochs")
-    return pd.DataFrame(ckpt["history"]).to_dict("records")
+    return rows
 
 
 def _epochs(preset, data: TrainData, run_dir: Path, model, trained, opt, sched, scaler, rows: list[dict],
-            progress: bool, stop_when, steps: int, after_step, mixed_precision: bool = True) -> list[dict]:
+            progress: bool, stop_when, steps: int, after_step, mixed_precision: bool = True,
+            teacher: nn.Module | None = None) -> list[dict]:
     """The epoch loop from after the last row of `rows`: train (`trained`: the model itself, or wrapped by DDP
     or torch.compile), validate (`model`), save; each epoch's row appended."""
     device, world = data.device, data.world
@@ -432,7 +473,8 @@ def _epochs(preset, data: TrainData, run_dir: Path, model, trained, opt, sched, 
     try:
         for epoch in range(first, preset.epochs + 1):
             row = {"epoch": epoch, **train_one_epoch(trained, data.train, opt, sched, scaler, augment, preset, epoch,
-                                                     device, progress, world, steps, after_step, mixed_precision)}
+                                                     device, progress, world, steps, after_step, mixed_precision,
+                                                     teacher)}
             t = time.perf_counter()
             distributed.same_buffers(model, world)  # BatchNorm's statistics: rank 0's, on every process
             y, p = _validate(model, data, preset, mixed_precision)
