@@ -245,13 +245,15 @@ def main(argv=None) -> int:
     r.add_argument("--pack", default=str(ROOT / "build" / "gpu-check"))
     r.add_argument("--out", default="gpu-check.json")
     r.add_argument("--budget", type=float, default=320, help="seconds for the measurements (the gpu run stops then)")
+    r.add_argument("--preset", default="gpu", help="the recipe to run from the zips: gpu (the cpu-long recipe, its "
+                   "accuracy measured on a CPU) or gpu-large (unmeasured)")
     d = sub.add_parser("dry-run", help="anywhere: the whole path on the synthetic sample, in under a minute")
     d.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.command == "pack":
         pack(args.data, Path(args.out), args.size, args.quality)
     elif args.command == "run":
-        run_check(Path(args.pack), Path(args.out), args.budget)
+        run_check(Path(args.pack), Path(args.out), args.budget, gpu=get_preset(args.preset))
     else:
         dry_run(args.out)
     return 0

@@ -20,8 +20,8 @@ def source(cell: dict) -> str:
     return "".join(cell["source"])
 
 
-def test_there_are_six_chapters_and_the_solutions():
-    assert [p.name[:2] for p in CHAPTERS] == ["01", "02", "03", "04", "05", "06"]
+def test_there_are_seven_chapters_and_the_solutions():
+    assert [p.name[:2] for p in CHAPTERS] == ["01", "02", "03", "04", "05", "06", "07"]
     assert (NOTEBOOKS / "solutions.ipynb").is_file()
 
 

@@ -126,6 +126,25 @@ def test_seed_repeats_are_summarised_with_their_spread():
     assert small_data.recipe_name("a-b-seed12") == "a-b" and small_data.recipe_name("seed-run") == "seed-run"
 
 
+def test_the_distinct_recipes_leave_out_seed_repeats_and_data_curve_rows():
+    table = pd.DataFrame({"val acc": [0.88, 0.95, 0.70, 0.90]},
+                         index=["vit", "vit-seed1", "data-2000-vit", "seedling"])
+    assert list(small_data.distinct_recipes(table).index) == ["vit", "seedling"]
+
+
+def test_a_distilled_row_stands_beside_the_run_that_trained_its_teacher():
+    teacher = small_data.TEACHER_ROWS["cnn"]
+    assert small_data.row_recipe(teacher).model.family == "cnn"
+    table = pd.DataFrame({"model": ["CNN", "DeiT", "ViT"], "val acc": [0.91, 0.85, 0.88],
+                          "val log loss": [0.23, 0.35, 0.29], "minutes": [16.2, 13.4, 14.9]},
+                         index=[teacher, "deit-96px-p16-16ep-heads4", "vit"])
+    pairs = small_data.distillation_table(table)
+    assert list(pairs.index) == ["deit-96px-p16-16ep-heads4"]
+    assert pairs.iloc[0][["student acc", "teacher acc", "teacher minutes"]].tolist() == [0.85, 0.91, 16.2]
+    with pytest.raises(ValueError, match="has no recorded run"):
+        small_data.distillation_table(table.drop(index=teacher))
+
+
 def test_the_best_run_has_the_highest_accuracy_and_among_equals_the_lower_log_loss():
     table = pd.DataFrame({"val acc": [0.80, 0.85, 0.85, 0.84], "val log loss": [0.30, 0.36, 0.33, 0.20]},
                          index=["a", "b", "c", "d"])

@@ -220,12 +220,13 @@ def plot_heads(image, heads: torch.Tensor, title: str, cmap: str = "inferno", sy
 
 
 def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno", label: str = "weight",
-                  baseline: float | None = None) -> plt.Figure:
+                  baseline: float | None = None, symmetric: bool = False) -> plt.Figure:
     """Each photo above its heat map overlay (heats: (b, grid, grid)), on one colour scale with a colour bar;
-    `baseline` (e.g. 1/n, what every patch would get from uniform attention) is marked on the colour bar."""
+    `baseline` (e.g. 1/n, what every patch would get from uniform attention) is marked on the colour bar; a signed
+    heat (`symmetric`) gets a scale centred at 0 (use a diverging `cmap`, e.g. "RdBu_r")."""
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(n * 2.2 + 0.8, 4.8), squeeze=False, layout="constrained")
-    norm = color_norm(heats)
+    norm = color_norm(heats, symmetric)
     for i in range(n):
         axes[0, i].imshow(as_image(images[i]))
         axes[0, i].set_title(titles[i], fontsize=8)

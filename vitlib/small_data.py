@@ -191,6 +191,10 @@ ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m 
                                         "model.heads=4", "model.distill=true", "teacher=cnn", "seed=1"],
     "deit-96px-p16-16ep-heads4-seed2": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=16",
                                         "model.heads=4", "model.distill=true", "teacher=cnn", "seed=2"],
+    # DeiT for the hour: cpu-long (80 epochs, crops of 35-100 %) with the teacher; its forward pass leaves 68 epochs
+    "deit-96px-p16-68ep-heads4-crop35": ["model.stem=conv", "model.image_size=96", "model.patch_size=16",
+                                         "epochs=68", "model.heads=4", "augment.scale=[0.35, 1.0]",
+                                         "model.distill=true", "teacher=cnn"],
     # the data curve: the cpu recipe (21 epochs) and the reference CNN (36 epochs) on nested subsets of the 16,000
     # training photos, validated on the same 4,000; at 16,000 they are conv-96px-p16-21ep-heads4 and cnn-96px-36ep
     **{f"data-{n}-vit": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21",
@@ -239,6 +243,35 @@ def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
         "minutes": groups["minutes"].mean(),
     })
     return out.rename_axis("recipe").round({"val acc": 4, "acc sd": 4, "val log loss": 4, "loss sd": 4, "minutes": 1})
+
+
+def distinct_recipes(table: pd.DataFrame) -> pd.DataFrame:
+    """An ablation_table without its seed repeats and its data-curve rows: one line per recipe trained on all the
+    training photos with the first seed, the lines the ablation's conclusions compare."""
+    repeat = table.index.map(lambda name: bool(SEED_SUFFIX.search(name))) | table.index.str.startswith("data-")
+    return table[~repeat]
+
+
+# The ablation row that trained each shipped teacher (checkpoints.PRETRAINED).
+TEACHER_ROWS = {"cnn": "cnn-96px-36ep-seed1"}
+
+
+def distillation_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One line per distilled (DeiT) row of an ablation_table, the student beside its teacher: each one's validation
+    accuracy, log loss and minutes. The teacher ships in vitlib/pretrained/, so a learner's run takes the student's
+    minutes; the teacher's own minutes are what it took to train once."""
+    lines = []
+    for name in table.index[table["model"] == "DeiT"]:
+        teacher = row_recipe(name).teacher
+        source = TEACHER_ROWS.get(teacher)
+        if source not in table.index:
+            raise ValueError(f"row {name}: its teacher {teacher!r} has no recorded run in the table (TEACHER_ROWS)")
+        student, taught_by = table.loc[name], table.loc[source]
+        lines.append({"run": name, "teacher": source,
+                      "student acc": student["val acc"], "teacher acc": taught_by["val acc"],
+                      "student log loss": student["val log loss"], "teacher log loss": taught_by["val log loss"],
+                      "student minutes": student["minutes"], "teacher minutes": taught_by["minutes"]})
+    return pd.DataFrame(lines).set_index("run")
 
 
 def ablation_runs() -> pd.DataFrame:
