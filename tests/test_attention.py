@@ -160,6 +160,16 @@ def test_crossover_finds_where_a_method_wins_for_good():
     assert attention_cost.crossover(table[table.seq_len >= 200], "lin", "full") == 200
 
 
+def test_the_benchmark_marks_k_beside_its_lines():
+    table = pd.DataFrame({"seq_len": [16, 64, 256] * 2, "method": ["full"] * 3 + ["lin"] * 3,
+                          "ms": [1.0, 2, 8, 1, 1.5, 2], "peak_MB": [1.0, 4, 16, 1, 2, 3]})
+    ax = attention_cost.plot_benchmark(table, k=32).axes[0]
+    marks = {t.get_text().strip(): t.get_position()[0] for t in ax.texts}
+    assert set(marks) == {"n = k = 32", "n = 2k = 64"}
+    assert marks["n = k = 32"] > 32 and marks["n = 2k = 64"] > 64  # right of the dotted line, not on it
+    plt.close("all")
+
+
 def test_plots_run():
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     heads = torch.rand(4, 4, 4)
@@ -170,6 +180,13 @@ def test_plots_run():
     assert all(im.get_interpolation() == "nearest" for im in overlays)
     assert {im.get_clim() for im in overlays} == {(0.0, float(heads.max()))}  # one scale for all heads
     assert overlays[0].norm(float(heads.max()) / 4) == pytest.approx(0.5)  # square-root scale by default
+    alpha = overlays[0].get_alpha()  # each block as opaque as its weight is strong: the photo shows where it is weak
+    strongest, weakest = divmod(int(heads[0].argmax()), 4), divmod(int(heads[0].argmin()), 4)
+    assert alpha[strongest] == pytest.approx(0.85) and alpha[weakest] < 0.5
+    signed_map = (heads - 0.5)
+    near_zero = divmod(int(signed_map[0].abs().argmin()), 4)
+    signed_alpha = attention.plot_heads(image, signed_map, "t", symmetric=True).axes[1].images[1].get_alpha()
+    assert signed_alpha[near_zero] == signed_alpha.min()  # signed: the blocks near 0 are the clearest
     signed = attention.plot_heads(image, heads - 0.5, "t", symmetric=True).axes[1].images[1].get_clim()
     assert signed[0] == -signed[1] == -float((heads - 0.5).abs().max())
     assert len(attention.plot_overlays(image[None].expand(2, -1, -1, -1), heads[:2], ["a", "b"], "t").axes) == 4 + 1

@@ -53,3 +53,13 @@ def test_time_to_accuracy_refuses_a_folder_without_zips(tiny):
     _, ds = tiny
     with pytest.raises(ValueError, match="starts from the zips"):
         bench.zip_to_accuracy(ds.train_dir)
+
+
+def test_step_seconds_times_the_training_step_fit_takes_on_any_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    before = model[1].weight.detach().clone()
+    seconds = bench.step_seconds(model, image_size=8, batch=4, seconds=0.05, device="cpu", mixed_precision=False)
+    assert seconds > 0 and not torch.equal(before, model[1].weight)  # it took optimiser steps: the weights moved
+    with pytest.raises(ValueError):  # a recipe that does not exist is refused, as everywhere
+        bench.step_seconds(model, image_size=8, preset="no-such-preset", seconds=0.05, device="cpu")

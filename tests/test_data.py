@@ -548,6 +548,20 @@ def test_auto_in_colab_uses_the_secrets(tmp_path, monkeypatch):
     assert ds.kind == "kaggle" and api.calls == 1
 
 
+def test_auto_in_colab_without_secrets_says_how_to_add_them_before_the_sample(tmp_path, monkeypatch, capsys):
+    no_credentials(monkeypatch, tmp_path / "home")
+    colab = types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get={}.__getitem__)  # no secret added: KeyError for every name
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr(sample, "write_sample", partial(sample.write_sample, n_train=4, n_test=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        ds = data.prepare_data("auto", dest=tmp_path / "data")
+    out = capsys.readouterr().out
+    assert ds.synthetic and "SYNTHETIC" in out
+    assert "Colab: no Kaggle secrets: add KAGGLE_USERNAME and KAGGLE_KEY" in out  # the fix, before the sample is used
+
+
 def test_the_sample_reached_by_its_path_is_still_called_synthetic(tmp_path):
     """VITLIB_DATA=data/sample must not turn drawn shapes into "real photos" (--require-real, submit rely on it)."""
     src = sample.write_sample(tmp_path / "src" / "mysample", n_train=6, n_test=3)

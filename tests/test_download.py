@@ -380,3 +380,29 @@ def test_a_truncated_zip_already_there_is_downloaded_again(tmp_path):
 def test_submit_failures_are_explained_too(tmp_path):
     with pytest.raises(KaggleError, match="accept this competition's rules"):
         download.submit(tmp_path / "submission.csv", "first try", api=FakeApi(http_error(403)))
+
+
+def test_in_colab_without_credentials_one_line_says_why_and_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home")  # no kaggle.json there
+    fake_colab(monkeypatch, {})
+    env = {}
+    hint = download.colab_secrets_hint(env)
+    assert "no Kaggle secrets" in hint and "KAGGLE_USERNAME" in hint and "\n" not in hint
+
+    class NotebookAccessError(Exception):
+        pass
+
+    def hidden(name):  # the secret exists, but this notebook was not granted it
+        if name == "KAGGLE_API_TOKEN":
+            raise NotebookAccessError(name)
+        raise KeyError(name)
+
+    sys.modules["google.colab"].userdata = types.SimpleNamespace(get=hidden)
+    hint = download.colab_secrets_hint(env)
+    assert "KAGGLE_API_TOKEN is not shared with this notebook" in hint and "notebook access" in hint
+    assert download.colab_secrets_hint({"KAGGLE_API_TOKEN": "t"}) is None  # credentials found: nothing to say
+
+
+def test_outside_colab_there_is_no_secrets_hint(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert download.colab_secrets_hint({}) is None

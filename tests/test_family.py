@@ -1,7 +1,6 @@
 """The paper's ViT family: parameters and FLOPs counted by code, against the published figures."""
 
 import pytest
-import torch
 from torch import nn
 
 from vitlib import family
@@ -31,11 +30,3 @@ def test_the_family_table_counts_our_models_at_their_own_size():
     assert table["GFLOPs"].tolist() == pytest.approx((2 * table["GMACs"]).tolist(), abs=2e-3)
     # the family grows in both: more parameters and more work per image, Ti to L
     assert table["params (M)"].iloc[:4].is_monotonic_increasing and table["GMACs"].iloc[:4].is_monotonic_increasing
-
-
-def test_a_training_step_is_timed_and_trains():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
-    before = model[1].weight.detach().clone()
-    seconds = family.step_seconds(model, image_size=8, batch=4, steps=2, autocast=False)
-    assert seconds > 0 and not torch.equal(before, model[1].weight)  # it took steps: the weights moved

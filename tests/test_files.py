@@ -255,3 +255,55 @@ def test_remove_stale_temporaries_clears_a_folder_of_dead_processes_files(tmp_pa
         path.write_bytes(b"x")
     assert sorted(files.remove_stale_temporaries(tmp_path)) == sorted(dead)
     assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# One folder for data and runs across notebooks (Colab's Google Drive, or any folder)
+
+
+def test_keep_in_sends_the_data_and_the_runs_to_one_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(files.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(files.RUNS_ENV, raising=False)
+    kept = tmp_path / "My Drive" / "vitlib"
+    places = files.keep_in(kept)
+    assert places == {files.DATA_DIR_ENV: kept / "data", files.RUNS_ENV: kept / "runs"}
+    assert files.data_dir() == kept / "data" and files.runs_dir() == kept / "runs"
+    ds = data.prepare_data("sample", verbose=False)  # what a notebook does next: it lands in the kept folder
+    assert ds.root.is_relative_to(kept / "data")
+    again = data.prepare_data("sample", verbose=False)  # the next notebook, pointed at the same folder, finds it
+    assert again.root == ds.root
+
+
+def test_keep_in_refuses_a_file_in_one_line_and_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(files.RUNS_ENV, str(tmp_path / "runs-before"))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(files.PlaceError, match="is a file, not a folder"):
+        files.keep_in(tmp_path / "notes.txt")
+    assert os.environ[files.RUNS_ENV] == str(tmp_path / "runs-before")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_use_drive_mounts_drive_then_keeps_data_and_runs_in_my_drive(tmp_path, monkeypatch):
+    monkeypatch.delenv(files.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(files.RUNS_ENV, raising=False)
+    monkeypatch.setattr(files, "DRIVE_MOUNT", tmp_path / "drive")
+    mounted = []
+
+    def mount(where):  # what google.colab.drive.mount leaves: My Drive under the mount point
+        mounted.append(where)
+        (Path(where) / "MyDrive").mkdir(parents=True)
+
+    places = files.use_drive(mount=mount)
+    assert mounted == [str(tmp_path / "drive")]
+    assert files.runs_dir() == places[files.RUNS_ENV] == tmp_path / "drive" / "MyDrive" / "vitlib" / "runs"
+
+
+def test_use_drive_says_what_to_do_when_drive_is_not_mounted_or_not_colab(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "DRIVE_MOUNT", tmp_path / "drive")
+    monkeypatch.delenv(files.RUNS_ENV, raising=False)
+    with pytest.raises(files.PlaceError, match="allow access when Colab asks"):
+        files.use_drive(mount=lambda where: None)  # the learner declined: nothing mounted
+    assert files.RUNS_ENV not in os.environ
+    monkeypatch.delitem(__import__("sys").modules, "google.colab", raising=False)
+    with pytest.raises(files.PlaceError, match="Colab only; elsewhere use files.keep_in"):
+        files.use_drive()

@@ -49,3 +49,29 @@ def test_each_chapter_ends_with_exercises_that_have_a_solution_section(path):
     solved = re.findall(rf"\*\*{number}\.(\d)", solutions)
     closed = [e for e in exercises if not e.startswith("open-ended")]
     assert len(solved) == len(closed), f"{path.name}: {len(closed)} exercises to solve, {len(solved)} solutions"
+
+
+ALL = [*CHAPTERS, NOTEBOOKS / "solutions.ipynb"]
+
+
+def test_every_notebook_starts_with_the_same_set_up_cell():
+    """One first cell everywhere: Colab installs what every notebook installs (not the notebooks extra, which
+    upgrades Colab's own Jupyter), Drive is one switch, and outside Colab a missing vitlib says what to do."""
+    first = {p.name: source([c for c in cells(p) if c["cell_type"] == "code"][0]) for p in ALL}
+    assert len(set(first.values())) == 1, "the set-up cells differ"
+    setup = next(iter(first.values()))
+    assert '"vitlib[kaggle] @ git+' in setup and "[notebooks]" not in setup
+    assert "DRIVE = False" in setup and "files.use_drive()" in setup
+    assert "run `make setup`" in setup and "ModuleNotFoundError" in setup
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
+def test_the_configuration_is_one_cell_right_after_the_imports(path):
+    """The settings a learner edits, in a cell of their own (not among the imports), in the same place: the cell
+    after the imports (in 01, after the Kaggle credentials it teaches first)."""
+    code = [source(c) for c in cells(path) if c["cell_type"] == "code"]
+    where = [i for i, s in enumerate(code) if re.search(r"^DATA = ", s, re.M)]
+    assert len(where) == 1, f"{path.name}: DATA is set in {len(where)} cells"
+    assert where[0] == (3 if path.name.startswith("01") else 2), f"{path.name}: the configuration is code cell {where}"
+    assert code[where[0]].startswith('DATA = os.environ.get("VITLIB_DATA", "auto")')
+    assert not re.search(r"^(import|from) ", code[where[0]], re.M), "imports belong in the cell before"

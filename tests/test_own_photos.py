@@ -2,6 +2,8 @@
 in one line without stopping the rest; the same from `python -m vitlib predict`."""
 
 import io
+import sys
+import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -114,3 +116,30 @@ def test_bytes_that_are_no_image_say_the_upload():
     buf = io.BytesIO()
     Image.new("RGB", (10, 10), "red").save(buf, "GIF")
     assert own_photos.read_photo(buf.getvalue(), 16)[0].float().mean() > 200  # red survives the palette
+
+
+def test_without_upload_asked_nothing_waits_and_no_photo_is_chosen(monkeypatch):
+    def dialog():
+        raise AssertionError("the upload dialog must not open unless asked: it stops Run All")
+
+    colab = types.ModuleType("google.colab")
+    colab.files = SimpleNamespace(upload=dialog)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    chooser = own_photos.photo_chooser(False)
+    assert chooser is None and own_photos.chosen_photos(chooser) == {}
+
+
+def test_in_colab_the_dialog_opens_when_asked_and_its_files_become_named_bytes(folder, monkeypatch):
+    data = (folder / "a.jpg").read_bytes()
+    colab = types.ModuleType("google.colab")
+    colab.files = SimpleNamespace(upload=lambda: {"mine.jpg": data})  # what google.colab.files.upload returns
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert own_photos.chosen_photos(own_photos.photo_chooser(True)) == {"mine.jpg": data}
+
+
+def test_in_jupyter_asking_shows_an_upload_button_that_is_read_later(monkeypatch, capsys):
+    pytest.importorskip("ipywidgets")
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    button = own_photos.photo_chooser(True)
+    assert type(button).__name__ == "FileUpload" and button.multiple
+    assert own_photos.chosen_photos(button) == {}  # nothing chosen yet: the notebook falls back to a test photo

@@ -44,6 +44,14 @@ def test_rearrange_and_linear_equal_a_strided_conv(bias):
         torch.testing.assert_close(patches.conv_tokens(conv, x), linear(rearrange_layer(x)))
 
 
+def test_the_sequence_length_labels_stay_inside_the_axes():
+    table = patches.sequence_costs(224, patch_sizes=(32, 16, 8, 4), dim=128, k=64)
+    ax = patches.plot_sequence_costs(table).axes[0]
+    low, high = ax.get_ylim()
+    assert high > 1.3 * table["tokens"].max() and low < table["tokens"].min()  # room above the top label
+    plt.close("all")
+
+
 def test_sequence_costs_follow_the_formulas():
     table = patches.sequence_costs(224, patch_sizes=(32, 16, 8), dim=128, k=64)
     assert table["patches"].tolist() == [49, 196, 784]
@@ -139,9 +147,13 @@ def test_plots_draw_what_they_say():
     fig = patches.plot_patch_sequence(patches.patchify(image[None], 8)[0], 8)
     assert sum(len(ax.images) for ax in fig.axes) == 16 + 1  # 16 tiles and the matrix
     sim = torch.eye(16).reshape(4, 4, 4, 4)
-    shown = patches.plot_position_similarity(sim).axes[0].images[0].get_array()
-    assert np.isfinite(shown).sum() == 16 * 16 - 16  # each map's own position is left blank
+    ax = patches.plot_position_similarity(sim).axes[0]
+    shown = ax.images[0].get_array()
+    assert np.isfinite(shown).sum() == 16 * 16 - 16  # each map's own position is left out of the colours
     assert np.nanmax(shown) == 0
+    assert ax.images[1].get_array()[..., 3].sum() == 16  # and drawn black on top, one pixel per map
+    assert ax.images[0].get_cmap().name == "RdBu_r"  # a signed cosine: a diverging map centred at 0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"]  # rows and columns from 0
     fig = patches.plot_position_similarity({"a": sim, "b": sim.neg()})
     assert len(fig.axes) == 3  # two panels and the colour bar
     plt.close("all")

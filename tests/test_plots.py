@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from vitlib import explore, plots
@@ -61,3 +62,22 @@ def test_show_images_titles_each_image_and_names_the_source():
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["a", "b\nc", "d"] and fig._suptitle.get_text() == "SYNTHETIC sample"
     assert len(fig.axes) == 4  # a 2x2 grid, the last cell empty
+
+
+def test_training_curves_tick_whole_epochs_only():
+    history = pd.DataFrame({"epoch": range(1, 4), "train_loss": 0.5, "val_loss": 0.4, "train_acc": 0.7,
+                            "val_acc": 0.8})
+    fig = plots.plot_history({"cpu": history}, source="test")
+    fig.canvas.draw()
+    for ax in fig.axes[:2]:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks  # not 2.5, 5.0
+
+
+def test_the_test_photos_are_an_outline_over_the_filled_classes():
+    frame = pd.DataFrame({"brightness": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                          "class": ["cat", "cat", "dog", "dog", "test", "test"]})
+    fig = explore.plot_by_class(frame, ["brightness"])
+    filled = {p.get_label(): p.get_fill() for p in fig.axes[0].patches if not p.get_label().startswith("_")}
+    assert filled == {"cat": True, "dog": True, "test": False}
+    plt.close(fig)

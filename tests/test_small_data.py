@@ -181,3 +181,11 @@ def test_the_data_curve_rows_are_the_cpu_recipe_and_the_cnn_on_fewer_photos():
     for kind, full in small_data.DATA_CURVE_FULL.items():
         recipe = small_data.row_recipe(f"data-2000-{kind}")
         assert recipe.train_images == 2000 and recipe.replace(train_images=None) == small_data.row_recipe(full)
+
+
+def test_a_recorded_command_is_printed_for_the_reader_s_own_data_folder():
+    recorded = "python -m vitlib train --preset cpu-plain --data ../shared/data/dev --run-dir runs/x --no-progress"
+    assert small_data.command_for_you(recorded) == ("python -m vitlib train --preset cpu-plain --data <your folder> "
+                                                    "--run-dir runs/x --no-progress")
+    quoted = "python -m vitlib train --data '/my photos/dogs' --no-progress"
+    assert small_data.command_for_you(quoted) == "python -m vitlib train --data <your folder> --no-progress"

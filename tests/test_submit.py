@@ -344,3 +344,25 @@ def test_prediction_titles_are_coloured_by_the_true_class_when_it_is_known(sampl
     test = data.index_images(sample_ds, "test").head(2).assign(p_dog=[0.9, 0.55], unreadable=False)
     colors = [ax.title.get_color() for ax in submit.show_predictions(sample_ds, test).axes if ax.get_title()]
     assert colors == [GROUP_COLORS["dog"], "grey"]  # the truth unknown: the class predicted, grey when unsure
+    fig = submit.show_predictions(sample_ds, test, source="the two least sure")
+    assert fig._suptitle.get_text().split("\n")[1:] == ["the two least sure"]  # its own line, not run into the first
+
+
+def test_the_reliability_counts_at_the_edges_stay_inside_the_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    p = np.clip(rng.beta(0.3, 0.3, 400), 1e-4, 1 - 1e-4)  # most images in the bins at 0 and 1
+    y = (rng.random(400) < p).astype(int)
+    table = calibration.compare_calibrations(y, p)
+    fig = calibration.plot_calibration(y, p, table, calibration.choose_calibration(table))
+    ax = fig.axes[2]
+    fig.canvas.draw()
+    box = ax.get_window_extent()
+    for text in ax.texts:
+        extent = text.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0, text.get_text()
+    plt.close(fig)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from einops import einsum, rearrange
 from linformer.linformer import LinformerSelfAttention
@@ -177,17 +178,24 @@ def color_norm(heats: torch.Tensor, symmetric: bool = False, gamma: float = 1.0)
     return PowerNorm(gamma, low, high) if gamma != 1 else Normalize(low, high)
 
 
-def overlay(ax, image, heat: torch.Tensor, title: str | None = None, cmap: str = "inferno", alpha: float = 0.6,
-            norm: Normalize | None = None):
+def overlay(ax, image, heat: torch.Tensor, title: str | None = None, cmap: str = "inferno",
+            alpha: float | None = None, norm: Normalize | None = None, symmetric: bool = False):
     """`heat` (grid, grid) drawn over the image as one flat block per patch; returns the heat's AxesImage.
 
     Not interpolated: attention has one value per patch, and a smooth upsampling would suggest
-    a precision within the patch that the model does not have.
+    a precision within the patch that the model does not have. With `alpha` None each block is as
+    opaque as its value is strong (0.15 for the weakest, 0.85 for the strongest; for a `symmetric`
+    heat, by its distance from 0), so the photo stays visible where the map says little.
     """
     img = as_image(image)
     ax.imshow(img)
     h, w = img.shape[:2]
-    im = ax.imshow(heat.float().numpy(), cmap=cmap, alpha=alpha, norm=norm, interpolation="nearest",
+    values = heat.float().numpy()
+    if alpha is None:
+        strength = (norm or Normalize(float(values.min()), float(values.max())))(values)
+        strength = np.abs(2 * strength - 1) if symmetric else strength
+        alpha = 0.15 + 0.7 * np.clip(np.ma.filled(strength, 0.0), 0, 1)
+    im = ax.imshow(values, cmap=cmap, alpha=alpha, norm=norm, interpolation="nearest",
                    extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     ax.axis("off")
     if title:
@@ -213,7 +221,7 @@ def plot_heads(image, heads: torch.Tensor, title: str, cmap: str = "inferno", sy
     axes.flat[0].set_title("photo", fontsize=8)
     norm = color_norm(heads, symmetric, gamma)
     for i, heat in enumerate(heads):
-        im = overlay(axes.flat[i + 1], image, heat, f"head {i}", cmap=cmap, norm=norm)
+        im = overlay(axes.flat[i + 1], image, heat, f"head {i}", cmap=cmap, norm=norm, symmetric=symmetric)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
     fig.suptitle(title, fontsize=9)
     return fig
@@ -231,12 +239,12 @@ def plot_overlays(images, heats, titles, suptitle: str, cmap: str = "inferno", l
         axes[0, i].imshow(as_image(images[i]))
         axes[0, i].set_title(titles[i], fontsize=8)
         axes[0, i].axis("off")
-        im = overlay(axes[1, i], images[i], heats[i], cmap=cmap, norm=norm)
+        im = overlay(axes[1, i], images[i], heats[i], cmap=cmap, norm=norm, symmetric=symmetric)
     bar = fig.colorbar(im, ax=axes[1].tolist(), shrink=0.9, label=label)
     if baseline is not None:
         bar.ax.axhline(baseline, color="cyan", lw=2)
         bar.ax.text(-0.3, baseline, f"uniform\n{baseline:.3f}", transform=bar.ax.get_yaxis_transform(), ha="right",
-                    va="center", fontsize=7, color="black")
+                    va="center", fontsize=8, color="black")
     fig.suptitle(suptitle, fontsize=9)
     return fig
 

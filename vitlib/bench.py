@@ -9,6 +9,7 @@ seed's final validation accuracy (metrics.SEED_ACCURACY).
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 import time
@@ -104,6 +105,21 @@ def make_step(model, preset: Preset, device, mixed_precision: bool = True):
         train_step(model, x, y, opt, scaler, preset, device, mixed_precision, teacher)
 
     return step
+
+
+def step_seconds(model, image_size: int, batch: int = 8, preset: Preset | str = "cpu", seconds: float = 5.0,
+                 device=None, mixed_precision: bool = True) -> float:
+    """Seconds per training step of any `model` on `batch` random images of `image_size` px: the step `fit` takes
+    with `preset`'s optimiser, loss and clipping (`make_step`), in the device's mixed precision unless
+    `mixed_precision` is False, averaged over about `seconds` after one warm-up step. A measurement of this machine:
+    notebook 07 times ViT-B/16 with it."""
+    device = pick_device(device)
+    recipe = get_preset(preset) if isinstance(preset, str) else preset
+    model = model.to(device).train()
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    y = torch.arange(batch, device=device) % 2  # dogs and cats: any labels time the same
+    step = make_step(model, recipe, device, mixed_precision)
+    return batch / throughput(itertools.repeat((x, y)), seconds, step, device, warmup=1)
 
 
 def compile_speed(preset: Preset | str = "cpu", device=None, seconds: float = 20, warmup_steps: int = 3) -> dict:

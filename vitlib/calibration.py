@@ -235,6 +235,6 @@ def _reliability(ax, y, p, chosen: Calibration, bins: int = 10) -> None:
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="calibrated")
     ax.set(xlabel="predicted P(dog), per bin", ylabel="share of dogs in the bin",
            title="reliability (numbers: images per bin, calibrated)",
-           xlim=(0, 1), ylim=(0, 1))
+           xlim=(-0.03, 1.08), ylim=(-0.07, 1.04))  # room for the counts of the bins at the edges
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

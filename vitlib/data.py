@@ -155,7 +155,8 @@ def _auto(dest: Path) -> DogsVsCats:
         "(drawn shapes, not photos). For the real photos add Kaggle credentials, or set "
         "VITLIB_DATA to a folder holding train.zip and test.zip."
     )
-    print("!" * 100 + "\n" + banner + "\n" + "!" * 100)
+    hint = download.colab_secrets_hint()
+    print("!" * 100 + "\n" + banner + ("\n" + hint if hint else "") + "\n" + "!" * 100)
     return _sample(dest)
 
 

@@ -193,6 +193,27 @@ def load_colab_secrets(env: dict | None = None) -> list[str]:
     return copied
 
 
+def colab_secrets_hint(env: dict | None = None) -> str | None:
+    """In Colab with no Kaggle credentials, one line on why (no secret added, or one not shared with this notebook)
+    and the fix; None outside Colab or once credentials are found. Every notebook's "auto" data says it."""
+    if "google.colab" not in sys.modules or credential_source(env) is not None:
+        return None
+    from google.colab import userdata  # type: ignore[import-not-found]
+
+    hidden = []
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        try:
+            userdata.get(name)
+        except Exception as e:  # NotebookAccessError: the secret exists, this notebook may not read it
+            if "access" in type(e).__name__.lower():
+                hidden.append(name)
+    if hidden:
+        return (f"Colab: the secret {' and '.join(hidden)} is not shared with this notebook: open Secrets (the key "
+                "icon on the left), switch on its notebook access, and run this cell again.")
+    return ("Colab: no Kaggle secrets: add KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN) under Secrets (the "
+            "key icon on the left), switch on notebook access, and run this cell again.")
+
+
 def explain(error: BaseException, competition: str = COMPETITION, action: str = "download") -> KaggleError:
     """Turn an exception from the kaggle package into a KaggleError that says what to do.
 

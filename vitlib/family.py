@@ -1,15 +1,17 @@
 """The paper's ViT family (ViT-Ti/16 to L/16 at 224 px) beside this series' models: parameters and FLOPs counted by
-code, and what a training step costs on this machine.
+code (`bench.step_seconds` times a training step of any of them on this machine).
 
 Dosovitskiy et al. (2021, "An Image is Worth 16x16 Words", Table 1) define ViT-Base, Large and Huge; DeiT (Touvron
-et al., 2021, Table 1) adds Tiny and Small. The papers round their parameter counts (86 M); the published figures
-here are timm's model cards for the same models, which count a multiply-add as one operation (GMACs, what papers
-call "GFLOPs"). `count_flops` counts PyTorch's way (a multiply-add is two), and `family_table` gives both.
+et al., 2021, Table 1) adds Tiny and Small. The papers round their parameter counts (86 M); the published parameters
+here are timm's model cards for the same models, the published work per image DeiT's cards in timm and torchvision's
+model table, which count a multiply-add as one operation (GMACs, what papers call "GFLOPs"; timm's cards for the
+vit_* models give somewhat lower figures, counted another way). `count_flops` counts PyTorch's way (a multiply-add
+is two), and `family_table` gives both. The names Ti/16 and S/16 for DeiT's Tiny and Small are those of Steiner et
+al. (2021, "How to train your ViT?") and timm.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -36,10 +38,14 @@ class FamilyMember:
 
 
 VIT_FAMILY = {  # name: the configuration and the published figures, at 224 px, patch 16, 1,000 classes
-    "ViT-Ti/16": FamilyMember(192, 12, 3, 768, 5.7, 1.3, "DeiT Table 1 (5 M); timm's vit_tiny_patch16_224 card"),
-    "ViT-S/16": FamilyMember(384, 12, 6, 1536, 22.1, 4.6, "DeiT Table 1 (22 M); timm's vit_small_patch16_224 card"),
-    "ViT-B/16": FamilyMember(768, 12, 12, 3072, 86.6, 17.6, "ViT Table 1 (86 M); timm's vit_base_patch16_224 card"),
-    "ViT-L/16": FamilyMember(1024, 24, 16, 4096, 304.3, 61.6, "ViT Table 1 (307 M); timm's vit_large_patch16_224 card"),
+    "ViT-Ti/16": FamilyMember(192, 12, 3, 768, 5.7, 1.3, "params: timm's vit_tiny_patch16_224 card (DeiT Table 1: "
+                              "5 M); GMACs: timm's deit_tiny_patch16_224 card"),
+    "ViT-S/16": FamilyMember(384, 12, 6, 1536, 22.1, 4.6, "params: timm's vit_small_patch16_224 card (DeiT Table 1: "
+                             "22 M); GMACs: timm's deit_small_patch16_224 card"),
+    "ViT-B/16": FamilyMember(768, 12, 12, 3072, 86.6, 17.6, "params: timm's vit_base_patch16_224 card (ViT Table 1: "
+                             "86 M); GMACs: torchvision's vit_b_16 (17.56) and timm's deit_base_patch16_224 card"),
+    "ViT-L/16": FamilyMember(1024, 24, 16, 4096, 304.3, 61.6, "params: timm's vit_large_patch16_224 card (ViT Table 1: "
+                             "307 M); GMACs: torchvision's vit_l_16 (61.55)"),
 }
 
 
@@ -79,24 +85,3 @@ def family_table(ours: dict[str, ModelConfig] | None = None) -> pd.DataFrame:
                       "params (M)": count_parameters(model) / 1e6, "published params (M)": None,
                       "GFLOPs": flops / 1e9, "GMACs": flops / 2e9, "published GMACs": None})
     return pd.DataFrame(lines).set_index("model").round(3)
-
-
-def step_seconds(model: nn.Module, image_size: int, batch: int = 8, steps: int = 3, device="cpu",
-                 autocast: bool = True) -> float:
-    """Median seconds of one training step (forward, backward, AdamW) of `model` on `batch` random images, after one
-    warm-up step; bf16 autocast on the CPU when `autocast`. A measurement of this machine."""
-    device = torch.device(device)
-    model = model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, image_size, image_size, device=device)
-    y = torch.randint(0, 2, (batch,), device=device) % model(x[:1]).shape[-1]
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return float(sorted(times[1:])[len(times[1:]) // 2])

@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -52,6 +53,38 @@ def _folder(variable: str, default: str) -> Path:
         where = f"{variable}={os.environ[variable]}" if os.environ.get(variable) else f"the {default} folder"
         raise PlaceError(errno.ENOTDIR, f"{where}: {folder} is a file, not a folder; set {variable} to a folder")
     return folder
+
+
+DRIVE_MOUNT = Path("/content/drive")  # where Colab mounts Google Drive; "My Drive" is MyDrive/ inside it
+
+
+def keep_in(folder) -> dict[str, Path]:
+    """Keep the data and the runs in `folder` (its data/ and runs/) from now on, in this process and the ones it
+    starts: sets VITLIB_DATA_DIR and VITLIB_RUNS_DIR, so every notebook pointed at the same folder finds what the
+    others left there (01's download and caches, 04's runs). Returns the two folders, by variable."""
+    folder = writable_folder(Path(folder).expanduser(), "the folder to keep data and runs in")
+    places = {DATA_DIR_ENV: folder / "data", RUNS_ENV: folder / "runs"}
+    for variable, place in places.items():
+        os.environ[variable] = str(place)
+    return places
+
+
+def use_drive(folder: str = "vitlib", mount=None) -> dict[str, Path]:
+    """In Colab, keep the data and the runs in Google Drive (My Drive/`folder`, via keep_in), where the next
+    notebook's fresh Colab machine finds them. Mounts Drive first, which asks you to allow it. `mount`: the
+    function that mounts a folder (default: google.colab's drive.mount; the tests pass their own)."""
+    if mount is None:
+        if "google.colab" not in sys.modules:
+            raise PlaceError(errno.ENOENT, "use_drive works in Colab only; elsewhere use files.keep_in(folder), or set "
+                                           f"{DATA_DIR_ENV} and {RUNS_ENV}")
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        mount = drive.mount
+    mount(str(DRIVE_MOUNT))
+    if not (DRIVE_MOUNT / "MyDrive").is_dir():
+        raise PlaceError(errno.ENOENT, f"Google Drive is not mounted at {DRIVE_MOUNT}: allow access when Colab asks, "
+                                       "then run the cell again")
+    return keep_in(DRIVE_MOUNT / "MyDrive" / folder)
 
 
 def progress_bars() -> bool:

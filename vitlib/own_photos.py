@@ -10,6 +10,7 @@ line, and the others are still predicted.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -74,6 +75,36 @@ def predict_photos(model, sources: dict, tta: bool = True, device=None) -> pd.Da
     return frame[["photo", "p_dog", "answer", "problem"]]
 
 
+def photo_chooser(upload: bool):
+    """What lets you choose photos of your own, only when `upload` is True (so Run All never stops to wait): in Colab
+    its upload dialog, which waits for your choice; in Jupyter an upload button (ipywidgets), shown at once: choose,
+    then run the next cell. Returns what `chosen_photos` reads (None when not asked, or no way to upload here)."""
+    if not upload:
+        return None
+    if "google.colab" in sys.modules:
+        from google.colab import files as colab_files  # type: ignore[import-not-found]
+
+        return dict(colab_files.upload())  # name -> bytes, once you have chosen
+    try:
+        import ipywidgets
+        from IPython.display import display
+    except ImportError:
+        print("no upload button here (ipywidgets is not installed): set PHOTO to the path of a photo instead")
+        return None
+    button = ipywidgets.FileUpload(accept="image/*", multiple=True, description="your photos")
+    display(button)
+    return button
+
+
+def chosen_photos(chooser) -> dict:
+    """name -> bytes of the photos chosen with `photo_chooser`'s dialog or button (empty when none were)."""
+    if chooser is None:
+        return {}
+    if isinstance(chooser, dict):  # Colab's dialog: already name -> bytes
+        return {name: bytes(content) for name, content in chooser.items()}
+    return uploaded_photos(chooser)
+
+
 def uploaded_photos(upload) -> dict:
     """name -> bytes of the files in an ipywidgets FileUpload (its value: a tuple of dicts in ipywidgets 8)."""
     if upload is None:
@@ -91,5 +122,6 @@ def show_look(source, p_dog: float, full_model, title: str, size: int = 224) -> 
     heat = attention.cls_to_grid(attention.rollout(maps)[:, 0], cfg.grid)
     answer = "dog" if p_dog > 0.5 else "cat"
     return attention.plot_overlays(read_photo(source, size)[None], heat, [f"P(dog) = {p_dog:.2f}: a {answer}"],
-                                   f"{title}\nrollout of the standard ViT", label="rollout weight",
+                                   f"{title}\nrollout of the standard ViT ({cfg.image_size} px)",
+                                   label="rollout weight",
                                    baseline=1 / cfg.seq_len)

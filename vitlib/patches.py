@@ -102,7 +102,8 @@ def plot_sequence_costs(table: pd.DataFrame, image_size: int = 224) -> plt.Figur
     p = table.index.to_numpy()
     ax_n.plot(p, table["tokens"], "o-")
     for x, y in zip(p, table["tokens"], strict=True):
-        ax_n.annotate(f"{y:,}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax_n.annotate(f"{y:,}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax_n.margins(x=0.08, y=0.15)  # room for the labels of the first and last points inside the axes
     ax_n.set(xscale="log", yscale="log", xlabel="patch size (px)", ylabel="tokens (patches + CLS)",
              title=f"sequence length at {image_size} px")
     ax_c.plot(p, table["MMAC_linear"], "o-", label="linear parts (QKV, output, MLP): ~ n")
@@ -147,15 +148,16 @@ def plot_patch_sequence(patches: torch.Tensor, patch_size: int, source: str | No
     tiles = unpatchify(patches[:, None], patch_size)  # each patch as a 1-patch image: (n, 3, p, p)
     cols = min(n, 25)
     rows = -(-n // cols)
-    fig = plt.figure(figsize=(12, 0.55 * rows + 3.2))
-    top, bottom = fig.subfigures(2, 1, height_ratios=[0.55 * rows + 0.3, 2.9])
+    fig = plt.figure(figsize=(12, 0.7 * rows + 3.6))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[0.7 * rows + 0.7, 2.9])
     axes = top.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
             ax.imshow(as_image(tiles[i]))
-            ax.set_title(str(i), fontsize=7, pad=1)
+            ax.set_title(str(i), fontsize=8, pad=2)
     top.suptitle(f"the sequence: {n} patches, in reading order" + (f"  ({source})" if source else ""), fontsize=10)
+    top.subplots_adjust(top=1 - 0.55 / (0.7 * rows + 0.7), bottom=0.02, hspace=0.5)  # the title clear of the numbers
     ax = bottom.subplots()
     strips = rearrange(patches, "n (q c) -> n q c", c=3)  # each row: the patch's pixels, unrolled
     ax.imshow(as_image(strips), aspect="auto", interpolation="nearest")
@@ -210,8 +212,10 @@ def mean_similarity(sim: torch.Tensor, min_distance: float, max_distance: float 
 def plot_position_similarity(sims, source: str | None = None) -> plt.Figure:
     """The grid of similarity maps (one small map per patch), one panel per model; `sims`: a tensor or name -> tensor.
 
-    Each small map leaves its own patch blank: a position's similarity with itself is 1 by
-    definition, and drawn it would be the brightest pixel of every map.
+    Each small map draws its own patch black: a position's similarity with itself is 1 by
+    definition, and drawn in colour it would be the strongest pixel of every map. The colour map
+    diverges at 0 (red similar, blue opposite, white unrelated); rows and columns count from 0, so
+    patch r * grid + c of `draw_patch_grid` is the map in row r, column c.
     """
     sims = sims if isinstance(sims, dict) else {"": sims}
     fig, axes = plt.subplots(1, len(sims), figsize=(5.6 * len(sims) + 0.8, 5.4), squeeze=False)
@@ -227,14 +231,17 @@ def _similarity_panel(ax, sim: torch.Tensor):
     grid = sim.shape[0]
     cell = grid + 1
     canvas = np.full((grid * cell - 1, grid * cell - 1), np.nan)
+    itself = np.zeros((*canvas.shape, 4))  # black where a map meets its own position, clear elsewhere
     for r in range(grid):
         for c in range(grid):
             square = sim[r, c].numpy().copy()
             square[r, c] = np.nan  # its own position
             canvas[r * cell : r * cell + grid, c * cell : c * cell + grid] = square
-    im = ax.imshow(canvas, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_xticks(np.arange(grid) * cell + (grid - 1) / 2, range(1, grid + 1))
-    ax.set_yticks(np.arange(grid) * cell + (grid - 1) / 2, range(1, grid + 1))
+            itself[r * cell + r, c * cell + c, 3] = 1
+    im = ax.imshow(canvas, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.imshow(itself, interpolation="nearest")
+    ax.set_xticks(np.arange(grid) * cell + (grid - 1) / 2, range(grid))
+    ax.set_yticks(np.arange(grid) * cell + (grid - 1) / 2, range(grid))
     ax.set(xlabel="input patch column", ylabel="input patch row")
     ax.tick_params(length=0)
     for spine in ax.spines.values():

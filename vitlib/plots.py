@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.ticker import MaxNLocator
 
 
 def as_image(x) -> np.ndarray:
@@ -50,6 +51,8 @@ def plot_history(histories: dict[str, pd.DataFrame], source: str | None = None) 
         ax_acc.plot(h["epoch"], h["train_acc"], ls="--", color=line.get_color(), label=f"{name} train")
     ax_loss.set(xlabel="epoch", ylabel="loss (validation: competition log loss)", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: ticks 5, 10, not 2.5, 5.0
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     handles, labels = ax_loss.get_legend_handles_labels()  # one legend for both, below them: it covers no curve

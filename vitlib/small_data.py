@@ -212,6 +212,11 @@ def ablation_command(name: str, data: str) -> list[str]:
             "--run-dir", f"runs/ablation/{name}", "--no-progress"]
 
 
+def command_for_you(command: str) -> str:
+    """A recorded command as a reader runs it: its `--data` path (the recording machine's) becomes `<your folder>`."""
+    return re.sub(r"--data (\"[^\"]*\"|'[^']*'|\S+)", "--data <your folder>", command)
+
+
 def row_recipe(name: str) -> Preset:
     """The recipe ablation row `name` trains: the ABLATION_BASE preset with the row's settings."""
     return with_text_settings(get_preset(ABLATION_BASE), ABLATION_ROWS[name])

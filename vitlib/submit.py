@@ -344,4 +344,4 @@ def show_predictions(ds: DogsVsCats, frame: pd.DataFrame, n: int = 12, seed: int
     what = ("validation images, titled true class id: P(dog), ✓ right / ✗ wrong, coloured by the true class"
             if "label" in frame else "test images, titled id: P(dog), coloured by the class predicted (grey: unsure)")
     return show_files(ds, frame["file"], titles, cols=cols, colors=colors,
-                      source=what + (f" | {source}" if source else ""))
+                      source=what + (f"\n{source}" if source else ""))  # two lines: what is shown, then where from
