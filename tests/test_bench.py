@@ -63,3 +63,10 @@ def test_step_seconds_times_the_training_step_fit_takes_on_any_model():
     assert seconds > 0 and not torch.equal(before, model[1].weight)  # it took optimiser steps: the weights moved
     with pytest.raises(ValueError):  # a recipe that does not exist is refused, as everywhere
         bench.step_seconds(model, image_size=8, preset="no-such-preset", seconds=0.05, device="cpu")
+
+
+def test_throughput_measures_at_least_one_batch_however_short_the_time():
+    """Before, --seconds 1e-9 measured nothing: 0 images a second, and NaN in the ratios of the JSON."""
+    batches = iter([(torch.zeros(4, 1), torch.zeros(4))] * 3)
+    rate = bench.throughput(batches, 1e-9, warmup=0)
+    assert rate > 0 and rate == rate

@@ -136,3 +136,14 @@ def test_the_cache_is_built_in_its_final_layout_and_select_keeps_the_skipped(ds,
         built = build_cache(ds, index, 8, cache_dir=tmp_path / "cache")
     assert built.images.is_contiguous() and built.images.shape == (4, 3, 8, 8)
     assert built.select(built.files[:2]).skipped == ["train/dog.9.jpg"]
+
+
+def test_a_cache_larger_than_half_the_memory_is_refused_before_decoding(monkeypatch):
+    """At 4096 px the 500 sample images alone are 25 GB: refused in one line, nothing allocated or written."""
+    from vitlib import cache as caching
+
+    monkeypatch.setattr(caching, "memory_bytes", lambda: 24 * 2**30)
+    with pytest.raises(caching.DataError, match=r"500 train images cached at 4096 px would take 23\.4 GiB.*"
+                                                r"model\.image_size"):
+        caching.check_cache_fits(500, 4096)
+    caching.check_cache_fits(25_000, 224)  # the full competition at the seed's size: 3.5 GiB, fine

@@ -86,11 +86,11 @@ def as_user(env, monkeypatch):
 def test_train_the_sample_preset_on_the_sample(downloaded, as_user, capsys):
     assert cli.main(["train", "--preset", "sample", "--data", "sample", "--epochs", "2", "--no-progress",
                      "--device", "cpu"]) == 0
-    run_dir = files.runs_dir() / "sample-sample"
+    run_dir = files.runs_dir() / "sample-2ep-sample"  # the sample preset shortened to 2 epochs: a folder of its own
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "history.csv", "last.pt"]
     assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [1, 2]
     out = capsys.readouterr().out
-    assert "best epoch" in out and "sample-sample" in out
+    assert "best epoch" in out and "sample-2ep-sample" in out
     assert checkpoints.load_checkpoint(run_dir / "last.pt")["preset"]["epochs"] == 2
 
     # --fresh on a run dir that holds a run: refused, exit 2, nothing overwritten
@@ -145,7 +145,8 @@ BAD_ARGUMENTS = [  # argument, value, what the message must say: its name and th
     ("--lr", "-1", ["lr", "> 0"]),
     ("--lr", "nan", ["lr", "> 0"]),
     ("--lr", "0", ["lr", "> 0"]),
-    ("--seed", "-1", ["seed", ">= 0"]),
+    ("--seed", "-1", ["seed", "from 0 to"]),
+    ("--seed", "99999999999999999999999", ["seed", "from 0 to 4294967295"]),  # a traceback (overflow) before
     ("--device", "cuda", ["device 'cuda'", "not available", "cpu"]),  # run as if there were no GPU
     ("--device", "banana", ["device 'banana'", "cpu"]),
 ]
@@ -322,6 +323,25 @@ def test_a_run_dir_that_is_a_file_exits_2_before_anything_is_cached(nothing_yet,
     assert a_file.read_text() == "mine" and not (nothing_yet["data"] / "cache").exists()
 
 
+def test_a_diverging_run_exits_2_with_one_line(nothing_yet, tmp_path, capsys):
+    """Before, --lr 1e30 ended in a FloatingPointError traceback (its text was already the right one)."""
+    assert exit_code(["train", "--preset", "sample", "--data", "sample", "--no-progress", "--device", "cpu",
+                      "--epochs", "1", "--lr", "1e30", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Training diverged in epoch 1") and err.count("\n") == 1, err
+
+
+def test_a_run_dir_that_links_to_nothing_exits_2_before_anything_is_cached(nothing_yet, tmp_path, capsys):
+    """Before, a dangling link trained an epoch and then failed with "[Errno 17] File exists"."""
+    link = tmp_path / "run-link"
+    link.symlink_to(tmp_path / "gone")
+    assert exit_code(["train", "--preset", "sample", "--data", "sample", "--no-progress", "--device", "cpu",
+                      "--run-dir", str(link)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "which does not exist" in err, err
+    assert link.is_symlink() and not (tmp_path / "gone").exists() and not (nothing_yet["data"] / "cache").exists()
+
+
 @pytest.mark.parametrize("variable", ["VITLIB_DATA_DIR", "VITLIB_RUNS_DIR"])
 def test_a_data_or_runs_folder_that_is_a_file_exits_2_naming_its_variable(variable, nothing_yet, tmp_path, monkeypatch,
                                                                           capsys):
@@ -359,3 +379,26 @@ def test_bench_out_under_a_file_exits_2_before_measuring(tmp_path, capsys, monke
     monkeypatch.setattr("vitlib.bench.run_benchmark", lambda **kwargs: pytest.fail("measured"))
     assert exit_code(["bench", "--out", str(tmp_path / "a-file" / "bench.json")]) == 2
     assert "error: bench --out: " in capsys.readouterr().err
+
+
+def test_bench_out_that_is_a_folder_exits_2_before_measuring(tmp_path, capsys, monkeypatch):
+    """Before: IsADirectoryError after all the measuring."""
+    monkeypatch.setattr("vitlib.bench.run_benchmark", lambda **kwargs: pytest.fail("measured"))
+    assert exit_code(["bench", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bench --out names the JSON file to write, not a folder") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("settings", "names"), [
+    (["model.depth=30000"], "model.depth"),  # passed the parameter check at 22 of 24 GiB, then ran out of memory
+    (["model.image_size=4096", "model.patch_size=512"], "model.image_size"),  # a 25 GB cache of the sample
+])
+def test_a_recipe_too_large_for_this_machine_exits_2_before_anything_is_allocated(settings, names, nothing_yet,
+                                                                                  monkeypatch, capsys):
+    monkeypatch.setattr("vitlib.presets.memory_bytes", lambda: 24 * 2**30)  # the machine of the report
+    monkeypatch.setattr("vitlib.cache.memory_bytes", lambda: 24 * 2**30)
+    args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "1", "--no-progress", "--device", "cpu"]
+    assert exit_code([*args, *(a for s in settings for a in ("--set", s))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and names in err and "GiB" in err, err
+    assert not (nothing_yet["data"] / "cache").exists() or not any((nothing_yet["data"] / "cache").glob("*.pt"))

@@ -240,9 +240,11 @@ def test_a_zip_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "UNZIP_LIMIT_GB", 4 / 1024)  # 4 MiB
     with pytest.raises(DataError, match=r"more than the 0\.00390625 GiB allowed"):
         data.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
-    monkeypatch.setenv(UNZIP_LIMIT_ENV, "a lot")
-    with pytest.raises(DataError, match="VITLIB_UNZIP_LIMIT_GB must be a number of GiB"):
-        data.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
+    for text in ("a lot", "nan", "inf", "-1"):  # nan and inf switched both limits off before
+        monkeypatch.setenv(UNZIP_LIMIT_ENV, text)
+        with pytest.raises(DataError, match="VITLIB_UNZIP_LIMIT_GB must be a number of GiB above 0"):
+            data.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
+    assert not (tmp_path / "out" / "train").exists()
 
 
 def test_a_zip_larger_than_the_free_space_is_refused_before_it_fills_the_disk(tmp_path, monkeypatch):
@@ -641,3 +643,22 @@ def test_training_subsets_are_nested_balanced_and_leave_validation_alone():
     assert data.nested_subset(index, None) is index
     with pytest.raises(DataError, match="train_images 100 is more than the 32 training photos"):
         data.nested_subset(index, 100)
+
+
+def test_extraction_deletes_only_staging_folders_vitlib_can_prove_it_left(tmp_path):
+    """Before, anything named like `.train.zip.partial*` in the data folder was deleted with everything in it."""
+    archive = make_zip(tmp_path / "train.zip", train_files())
+    dest = tmp_path / "out"
+    mine = dest / ".train.zip.partial-mine"  # the user's own folder, merely named alike
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    running = dest / ".train.zip.partial.1"  # another process's staging folder, still at work (pid 1 is alive)
+    running.mkdir()
+    (running / "half.jpg").write_bytes(b"x")
+    dead = dest / ".train.zip.partial.999999999"  # a killed extraction's (no such process)
+    (dead / "train").mkdir(parents=True)
+    data.extract_zip(archive, dest)
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert (running / "half.jpg").read_bytes() == b"x"
+    assert not dead.exists()
+    assert len(list((dest / "train").iterdir())) == len(train_files())

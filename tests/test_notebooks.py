@@ -56,22 +56,30 @@ ALL = [*CHAPTERS, NOTEBOOKS / "solutions.ipynb"]
 
 def test_every_notebook_starts_with_the_same_set_up_cell():
     """One first cell everywhere: Colab installs what every notebook installs (not the notebooks extra, which
-    upgrades Colab's own Jupyter), Drive is one switch, and outside Colab a missing vitlib says what to do."""
+    upgrades Colab's own Jupyter), and outside Colab a missing vitlib says what to do."""
     first = {p.name: source([c for c in cells(p) if c["cell_type"] == "code"][0]) for p in ALL}
     assert len(set(first.values())) == 1, "the set-up cells differ"
     setup = next(iter(first.values()))
     assert '"vitlib[kaggle] @ git+' in setup and "[notebooks]" not in setup
-    assert "DRIVE = False" in setup and "files.use_drive()" in setup
-    assert "run `make setup`" in setup and "ModuleNotFoundError" in setup
+    assert "run `make setup`" in setup and "ModuleNotFoundError" in setup and "import vitlib" in setup
+    assert "DATA" not in setup and "STORAGE" not in setup, "the settings belong in the configuration cell"
+
+
+SETTINGS = r"^(DATA|STORAGE|PRESET|EPOCHS|GRID_SEED|CHECKPOINT|SUBMIT|MESSAGE) = "
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
-def test_the_configuration_is_one_cell_right_after_the_imports(path):
-    """The settings a learner edits, in a cell of their own (not among the imports), in the same place: the cell
-    after the imports (in 01, after the Kaggle credentials it teaches first)."""
+def test_the_configuration_is_one_cell_right_after_the_install_cell(path):
+    """The settings a learner edits, in one cell in the same place everywhere (the second code cell), read by
+    vitlib.configure (an edit wins over the environment), and set nowhere else."""
     code = [source(c) for c in cells(path) if c["cell_type"] == "code"]
-    where = [i for i, s in enumerate(code) if re.search(r"^DATA = ", s, re.M)]
-    assert len(where) == 1, f"{path.name}: DATA is set in {len(where)} cells"
-    assert where[0] == (3 if path.name.startswith("01") else 2), f"{path.name}: the configuration is code cell {where}"
-    assert code[where[0]].startswith('DATA = os.environ.get("VITLIB_DATA", "auto")')
-    assert not re.search(r"^(import|from) ", code[where[0]], re.M), "imports belong in the cell before"
+    config = code[1]
+    assert re.search(r'^DATA = "auto"  #', config, re.M) and re.search(r'^STORAGE = "local"  #', config, re.M)
+    names = re.findall(r"^(\w+) = ", config, re.M)
+    call = config.strip().splitlines()[-1]
+    assert re.fullmatch(r"(\w+(, \w+)*) = vitlib\.configure\((.*)\)", call), call
+    passed = re.findall(r"(\w+)=\1\b", call)
+    assert {"DATA", "STORAGE"} <= set(passed) <= set(names), f"{path.name}: configure is not given {names}"
+    assert "os.environ" not in config, "the environment is read by vitlib.configure, not by the cell"
+    elsewhere = [i for i, s in enumerate(code) if i != 1 and re.search(SETTINGS, s, re.M)]
+    assert not elsewhere, f"{path.name}: code cells {elsewhere} set a setting outside the configuration cell"

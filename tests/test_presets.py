@@ -110,10 +110,10 @@ def test_a_preset_error_is_a_value_error():
 BAD = [
     ("epochs", 0), ("epochs", -1), ("epochs", 2.0), ("epochs", True), ("epochs", "5"),
     ("batch_size", 0), ("batch_size", -4), ("batch_size", 1.5),
-    ("seed", -1), ("seed", 0.5), ("split_seed", -1),
+    ("seed", -1), ("seed", 0.5), ("split_seed", -1), ("seed", 99999999999999999999999), ("split_seed", 2**32),
     ("lr", 0), ("lr", -1.0), ("lr", math.nan), ("lr", math.inf), ("lr", "1e-3"),
     ("weight_decay", -0.1), ("weight_decay", math.nan),
-    ("warmup_epochs", -1), ("warmup_epochs", math.inf),
+    ("warmup_epochs", -1), ("warmup_epochs", math.inf), ("warmup_epochs", 1e308), ("warmup_epochs", 11),
     ("label_smoothing", 1.0), ("label_smoothing", -0.1),
     ("val_fraction", 0), ("val_fraction", 1), ("val_fraction", math.nan),
     ("grad_clip", 0), ("grad_clip", -1.0), ("grad_clip", math.nan),

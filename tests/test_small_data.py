@@ -2,6 +2,7 @@
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,7 +103,7 @@ def test_the_ablation_plot_draws_more_runs_than_it_has_colours():
     fig = small_data.plot_ablation(runs)
     curves = [line for line in fig.axes[0].lines if line.get_label().startswith("run")]
     assert len(curves) == 23
-    assert len({tuple(c.get_color()) for c in curves}) == 10  # tab10's colours, then again from the first ...
+    assert len({tuple(c.get_color()) for c in curves}) == len(small_data.RUN_COLORS)  # every colour, then again ...
     assert len({(tuple(c.get_color()), c.get_marker()) for c in curves}) == 23  # ... with another marker: no two alike
 
 
@@ -189,3 +190,28 @@ def test_a_recorded_command_is_printed_for_the_reader_s_own_data_folder():
                                                     "--run-dir runs/x --no-progress")
     quoted = "python -m vitlib train --data '/my photos/dogs' --no-progress"
     assert small_data.command_for_you(quoted) == "python -m vitlib train --data <your folder> --no-progress"
+
+
+def test_a_run_keeps_its_colour_from_one_ablation_plot_to_the_next_and_is_never_grey():
+    """Before, the `cpu` preset's run was tab10's grey among "the other runs" in one figure, and blue in the next."""
+    names = list(small_data.ABLATION_ROWS)[:12]
+    runs = pd.concat([_history(name, [0.7, 0.8], [0.6, 0.5]) for name in names])
+    colour = {}
+    for highlight in (tuple(names[:8]), (names[7], names[2])):
+        fig = small_data.plot_ablation(runs, highlight=highlight)
+        for line in fig.axes[0].lines:
+            name = line.get_label().split(" (")[0]
+            if name in highlight:
+                assert not same_color(line.get_color(), "0.75") and line.get_color() not in (plt.cm.tab20.colors[14],
+                                                                                              plt.cm.tab20.colors[15])
+                assert colour.setdefault(name, tuple(line.get_color())) == tuple(line.get_color()), name
+        plt.close(fig)
+
+
+def test_the_ablation_legend_names_the_preset_a_run_became():
+    assert small_data.preset_of_row("conv-96px-p16-21ep-heads4") == "cpu"
+    assert small_data.preset_of_row("conv-96px-p16-80ep-heads4-crop35") == "cpu-long"
+    assert small_data.preset_of_row("conv-stem") is None and small_data.preset_of_row("not-a-row") is None
+    runs = _history("conv-96px-p16-21ep-heads4", [0.7, 0.8], [0.6, 0.5])
+    labels = [t.get_text() for t in small_data.plot_ablation(runs).legends[0].get_texts()]
+    assert labels == ["conv-96px-p16-21ep-heads4 (the `cpu` preset)"]

@@ -255,6 +255,25 @@ def test_submitting_synthetic_predictions_is_refused_before_predicting(sample_ds
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_submitting_a_partial_copy_is_refused_before_anything_is_written(sample_ds, checkpoint, tmp_path):
+    """Before, --submit on a partial copy wrote the CSV, and only then refused (exit 2 after writing)."""
+    real = dataclasses.replace(sample_ds, name="dev-copy", kind="local")  # photos, but not the 12,500 test ids
+    with pytest.raises(SubmissionError, match=r"Kaggle scores 12,500 test predictions; this file has \d+"):
+        submit.predict_to_csv(checkpoint, real, tmp_path / "s.csv", submit_message="try", device="cpu")
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"", r"EmptyDataError"), (b"id,label\nabc,0.5\n", "not whole numbers"), (b"\xff\xfe\x00\x81\x90", "")])
+def test_a_damaged_sample_submission_is_one_line_before_predicting(sample_ds, tmp_path, content, says):
+    """Before: EmptyDataError, ValueError or UnicodeDecodeError, each only after all the predicting."""
+    broken = tmp_path / "sample_submission.csv"
+    broken.write_bytes(content)
+    ds = dataclasses.replace(sample_ds, sample_submission=broken)
+    with pytest.raises(SubmissionError, match=rf"not Kaggle's sample submission.*{says}|{says}.*not Kaggle's"):
+        submit.expected_ids(ds)
+
+
 # ---------------------------------------------------------------------------------------------
 # Submitting to Kaggle, with a fake api
 

@@ -106,7 +106,7 @@ def test_loading_refuses_pickled_code(tmp_path):
     """weights_only=True: a checkpoint from the internet cannot run code (here: hold an arbitrary object)."""
     path = tmp_path / "evil.pt"
     torch.save({"preset": PRESET}, path)
-    with pytest.raises(checkpoints.CheckpointError, match="could run code from the file, so vitlib does not") as e:
+    with pytest.raises(checkpoints.CheckpointError, match="could run code from the file, so vitlib did not") as e:
         checkpoints.load_checkpoint(path)
     assert "weights_only" not in str(e.value)  # torch's advice to switch the protection off is not passed on
 
@@ -502,3 +502,44 @@ def test_where_ctrl_c_is_ignored_a_signal_during_a_checkpoint_write_stays_ignore
     finally:
         now = signal.signal(signal.SIGINT, previous)
     assert len(run.history) == EPOCHS and now is signal.SIG_IGN
+
+
+def test_a_shipped_preset_for_other_epochs_gets_a_run_folder_of_its_own(tmp_path, monkeypatch):
+    """`--epochs 6` on the command line and EPOCHS = 6 in notebook 04 name the same folder, and never the full run's
+    (where resuming would refuse it as another recipe)."""
+    monkeypatch.setenv(files.RUNS_ENV, str(tmp_path))
+    ident = {"name": "dogs-vs-cats-dev"}
+    cpu = presets_get("cpu")
+    assert train.default_run_dir(cpu, ident) == tmp_path / "cpu-dogs-vs-cats-dev"
+    assert train.default_run_dir(cpu.replace(epochs=6), ident) == tmp_path / "cpu-6ep-dogs-vs-cats-dev"
+    mine = cpu.replace(name="mine", epochs=6)  # not a shipped preset: its name is all it has
+    assert train.default_run_dir(mine, ident) == tmp_path / "mine-dogs-vs-cats-dev"
+
+
+def presets_get(name):
+    from vitlib.presets import get_preset
+
+    return get_preset(name)
+
+
+class _Payload:
+    """What a malicious checkpoint holds: unpickling it would call os.system (creating a file, here)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_a_command_is_refused_in_our_words(tmp_path):
+    """Before, torch 2.14's "unsupported GLOBAL" (not "Unsupported global") made this read as a damaged file, with
+    torch's advice to set weights_only=False passed on."""
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"model": _Payload(marker)}, path)
+    with pytest.raises(checkpoints.CheckpointError, match=r"Python objects \((posix|nt)\.system\).*could run code"):
+        checkpoints.load_checkpoint(path)
+    assert not marker.exists()  # the payload never ran
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        checkpoints.load_checkpoint(path)
+    assert "weights_only" not in str(e.value) and "did not load it" in str(e.value)

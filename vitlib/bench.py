@@ -85,7 +85,7 @@ def throughput(batches, seconds: float, step=None, device=None, warmup: int = 2)
             step(x.to(device), y.to(device))
     synchronize(device)
     n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while n == 0 or time.perf_counter() - start < seconds:  # at least one batch: never 0 images (then NaN ratios)
         x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if step:

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DataWarning, DogsVsCats
+from .data import DataError, DataWarning, DogsVsCats
+from .device import memory_bytes
 from .files import atomic_path, data_dir, progress_bars, waiting
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
@@ -85,6 +86,16 @@ def fingerprint(ds: DogsVsCats, files, size: int) -> str:
     return h.hexdigest()
 
 
+def check_cache_fits(count: int, size: int, part: str = "train") -> None:
+    """Refuse (DataError, one line naming the settings) a cache of `count` images at `size` px that would not fit in
+    this machine's memory (it is held there whole, and saved, and read back, whole)."""
+    need, memory = count * 3 * size * size, memory_bytes()
+    if memory and need > memory / 2:  # half: training needs room for the model, a batch, and the other split
+        raise DataError(f"{count:,} {part} images cached at {size} px would take {need / 2**30:,.1f} GiB, more than "
+                        f"half of this machine's {memory / 2**30:.0f} GiB of memory: choose a smaller model.image_size "
+                        "(or cache_size), or fewer images (train_images). Nothing was written.")
+
+
 def build_cache(
     ds: DogsVsCats,
     index: pd.DataFrame,
@@ -99,6 +110,7 @@ def build_cache(
     crash in the middle of an epoch.
     """
     files = list(index["file"])
+    check_cache_fits(len(files), size, part)  # before anything is decoded, allocated or written
     key = fingerprint(ds, files, size)
     path = Path(cache_dir or data_dir() / "cache") / f"{ds.name}-{part}-{size}px.pt"
     path.parent.mkdir(parents=True, exist_ok=True)

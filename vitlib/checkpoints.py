@@ -101,6 +101,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
 # Reading
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects (module.name) a checkpoint's pickle asks for beyond what weights_only builds; [] when it
+    asks for none, or cannot be read that far (damaged)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 (a damaged file: the caller says so)
+        return []
+
+
 def load_checkpoint(path: Path, device="cpu") -> dict:
     """A vitlib checkpoint, loaded with weights_only=True (no code from the file runs), or a CheckpointError."""
     path = Path(path)
@@ -113,12 +122,15 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # what weights_only says of an object it will not build
-            raise CheckpointError(f"Cannot read {_shown(path)} (it is damaged or not a vitlib checkpoint: {e}); move "
-                                  "it away (or choose another run_dir) and train again.") from None
+        unsafe = _unsafe_globals(path)  # asked of the file itself, not read from torch's wording (which changes)
+        if not unsafe:
+            first = next(iter(str(e).splitlines()), "").strip()[:200]
+            raise CheckpointError(f"Cannot read {_shown(path)} (it is damaged or not a vitlib checkpoint: {first}); "
+                                  "move it away (or choose another run_dir) and train again.") from None
         raise CheckpointError(
-            f"Refused {_shown(path)}: besides weights it holds Python objects, and loading those could run code "
-            "from the file, so vitlib does not. Use a checkpoint vitlib wrote (best.pt, last.pt, an export)."
+            f"Refused {_shown(path)}: besides weights it holds Python objects ({', '.join(unsafe[:3])}), and loading "
+            "those could run code from the file, so vitlib did not load it. Use a checkpoint vitlib wrote (best.pt, "
+            "last.pt, an export)."
         ) from None
     except Exception as e:  # truncated, or not a checkpoint
         first = next(iter(str(e).splitlines()), "").strip()[:200]

@@ -26,13 +26,14 @@ def _train(args) -> int:
     from .distributed import from_main, start
     from .files import PROGRESS_ENV
     from .metrics import run_summary
-    from .presets import get_preset, with_text_settings
+    from .presets import check_fits, get_preset, with_text_settings
     from .train import claim_run, default_run_dir, fit, prepare_training_data, resume_point
 
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("seed", args.seed)) if v is not None}
     preset = get_preset(args.preset, **changes)  # checked here, before anything is read or written
     preset = with_text_settings(preset, args.set)
+    check_fits(preset)  # the model and a batch against this machine's memory: before anything is read or written
     if args.no_progress:
         os.environ[PROGRESS_ENV] = "0"  # the caching bars too, not only the epochs'
 
@@ -106,6 +107,10 @@ def _bench(args) -> int:
     from .files import writable_folder
 
     if args.out:
+        if Path(args.out).is_dir():
+            print(f"error: bench --out names the JSON file to write, not a folder ({args.out!r}); e.g. --out "
+                  "bench.json", file=sys.stderr)
+            return 2
         writable_folder(Path(args.out).parent, "bench --out")  # before the minutes of measuring
     run_benchmark(data=args.data, seconds=args.seconds, out=args.out, time_to_target=args.time_to_target,
                   subset=args.images, compile_preset=args.compile)
@@ -193,13 +198,15 @@ def main(argv=None) -> int:
     from .own_photos import PhotoError
     from .presets import PresetError
     from .submit import SubmissionError
+    from .train import DivergedError
 
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)  # fit has said where the run stands and how to resume
         return 130
-    except (BusyError, CheckpointError, DataError, DeviceError, DiskFullError, DistributedError, KaggleError,
-            PhotoError, PlaceError, PresetError, SubmissionError, FileExistsError, FileNotFoundError) as e:
+    except (BusyError, CheckpointError, DataError, DeviceError, DiskFullError, DistributedError, DivergedError,
+            KaggleError, PhotoError, PlaceError, PresetError, SubmissionError, FileExistsError,
+            FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ and returns a `DogsVsCats` that says where everything is and what it is.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from .files import (
     UNZIP_LIMIT_ENV,
     data_dir,
     is_disk_full,
+    process_alive,
     waiting,
     writable_folder,
     write_atomic,
@@ -297,7 +299,9 @@ def check_expansion(zip_path: Path, entries: list[zipfile.ZipInfo], dest: Path) 
     try:
         limit = float(limit_text) if limit_text else UNZIP_LIMIT_GB
     except ValueError:
-        raise DataError(f"{UNZIP_LIMIT_ENV} must be a number of GiB (e.g. 20), not {limit_text!r}") from None
+        limit = math.nan
+    if not 0 < limit < math.inf:  # nan and inf would switch both limits off
+        raise DataError(f"{UNZIP_LIMIT_ENV} must be a number of GiB above 0 (e.g. 20), not {limit_text!r}")
     gib = total / 2**30
     override = f"if you trust it, set {UNZIP_LIMIT_ENV}={math.ceil(gib) + 1} and run again"
     if gib > limit:
@@ -336,6 +340,20 @@ def extract_zip(zip_path: Path, dest: Path) -> list[Path]:
         return _extract(zip_path, dest, marker, stamp, why)
 
 
+def _stale_staging(dest: Path, zip_name: str) -> list[Path]:
+    """The staging folders of earlier extractions of `zip_name` that may be deleted (the caller holds the lock): only
+    names vitlib gives them (`.<zip>.partial.<pid>`) whose process has ended, or is this one. Anything else that
+    merely looks alike (`.train.zip.partial-mine`) is not vitlib's, and stays."""
+    pattern = re.compile(rf"\.{re.escape(zip_name)}\.partial\.(\d+)")
+    stale = []
+    for path in dest.glob(f".{glob.escape(zip_name)}.partial.*"):
+        m = pattern.fullmatch(path.name)
+        ours = m is not None and path.is_dir() and not path.is_symlink()
+        if ours and (int(m[1]) == os.getpid() or not process_alive(int(m[1]))):
+            stale.append(path)
+    return stale
+
+
 def _extracted(marker: Path, stamp: dict, dest: Path) -> tuple[list[Path] | None, str]:
     """The top-level paths a completed extraction left (None if there is none), and why not."""
     if not marker.is_file():
@@ -356,7 +374,7 @@ def _extract(zip_path: Path, dest: Path, marker: Path, stamp: dict, why: str) ->
             f"{zip_path.name} is not a readable zip ({e}): probably a truncated download. "
             "Delete it and download it again."
         ) from None
-    for stale in dest.glob(f".{zip_path.name}.partial*"):  # left by a killed process: we hold the lock
+    for stale in _stale_staging(dest, zip_path.name):  # left by a killed process (or this one, interrupted)
         shutil.rmtree(stale, ignore_errors=True)
     staging = dest / f".{zip_path.name}.partial.{os.getpid()}"
     with zf:

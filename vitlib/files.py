@@ -156,7 +156,8 @@ def temporary_name(path: Path, pid: int | None = None) -> Path:
     return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.vitlib.tmp")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` may still be running (this one is; one that cannot be asked counts as running)."""
     if pid == os.getpid():
         return True
     try:
@@ -176,7 +177,7 @@ def remove_stale_temporaries(folder: Path, names=None) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(".*.vitlib.tmp"):
         m = _TMP.match(tmp.name)
-        if m and (names is None or m["name"] in names) and not _alive(int(m["pid"])):
+        if m and (names is None or m["name"] in names) and not process_alive(int(m["pid"])):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -125,6 +125,27 @@ def estimated_parameters(cfg: ModelConfig) -> float:
     return cfg.depth * (12 * d * d + linformer) + stem + n * d + d * cfg.num_classes
 
 
+def estimated_activation_bytes(cfg: ModelConfig, batch: int) -> float:
+    """About how much memory one training step on `batch` images keeps for the backward pass (float32, generous):
+    the input and its augmented copies, every stem layer's outputs, and per block the tokens' intermediate values
+    (about 17 dim per token: the norms, Q, K, V, the attention output, the MLP's 4 dim twice, the residuals) and the
+    attention maps (heads x tokens x keys, before and after the softmax). Worked out before anything is built."""
+    d, n, s = cfg.dim, cfg.seq_len, cfg.image_size
+    per_image = 4 * 3 * s * s  # the uint8 batch made float, cropped, normalised
+    if cfg.stem == "conv":
+        steps = int(math.log2(cfg.patch_size))
+        widths = [d // 2 ** (steps - 1 - i) for i in range(steps)]
+        per_image += sum(3 * w * (s // 2 ** (i + 1)) ** 2 for i, w in enumerate(widths))  # conv, norm, activation
+    else:
+        per_image += cfg.num_patches * (cfg.patch_dim * (5 if cfg.stem == "spt" else 1) * 2 + d)
+    if cfg.family == "cnn":
+        per_image += cfg.depth * 5 * d * cfg.grid**2
+    else:
+        keys = cfg.k if cfg.attention == "linformer" else n
+        per_image += cfg.depth * (17 * n * d + 2 * cfg.heads * n * keys + (2 * keys * d if keys != n else 0))
+    return 4.0 * batch * per_image
+
+
 def _number(value) -> bool:
     """A finite int or float (not a bool, a string or nan)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

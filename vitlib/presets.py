@@ -20,7 +20,15 @@ import torch
 
 from .augment import AugmentConfig
 from .data import SPLIT_SEED, VAL_FRACTION, DogsVsCats
-from .models import MAX_IMAGE_SIZE, SEED_NOTEBOOK_MODEL, ModelConfig
+from .device import memory_bytes
+from .models import (
+    MAX_IMAGE_SIZE,
+    SEED_NOTEBOOK_MODEL,
+    TRAINING_BYTES_PER_PARAMETER,
+    ModelConfig,
+    estimated_activation_bytes,
+    estimated_parameters,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -63,13 +71,15 @@ class Preset:
         for name in ("epochs", "batch_size"):
             _check(name, getattr(self, name), _whole(getattr(self, name)) and getattr(self, name) >= 1,
                    "a whole number >= 1")
-        for name in ("seed", "split_seed"):
-            _check(name, getattr(self, name), _whole(getattr(self, name)) and getattr(self, name) >= 0,
-                   "a whole number >= 0")
+        for name in ("seed", "split_seed"):  # torch and numpy take seeds below 2**32 (numpy) or 2**63 (torch)
+            _check(name, getattr(self, name), _whole(getattr(self, name)) and 0 <= getattr(self, name) < 2**32,
+                   "a whole number from 0 to 4294967295")
         _check("lr", self.lr, _number(self.lr) and self.lr > 0, "a number > 0 (e.g. 1e-3)")
-        for name in ("weight_decay", "warmup_epochs"):
-            _check(name, getattr(self, name), _number(getattr(self, name)) and getattr(self, name) >= 0,
-                   "a number >= 0")
+        _check("weight_decay", self.weight_decay, _number(self.weight_decay) and self.weight_decay >= 0,
+               "a number >= 0")
+        _check("warmup_epochs", self.warmup_epochs, _number(self.warmup_epochs) and 0 <= self.warmup_epochs
+               and (not _whole(self.epochs) or self.warmup_epochs <= self.epochs),
+               f"a number from 0 to the epochs ({self.epochs})")
         _check("cache_size", self.cache_size, self.cache_size is None or _whole(self.cache_size)
                and isinstance(self.model, ModelConfig) and self.model.image_size <= self.cache_size <= MAX_IMAGE_SIZE,
                f"None or a whole number from model.image_size ({getattr(self.model, 'image_size', '?')}) to "
@@ -190,6 +200,21 @@ PRESETS["cpu-full"] = PRESETS["cpu-plain"].replace(
     about="cpu-plain with full softmax attention instead of Linformer: for comparison, and for Recorder",
     model=PRESETS["cpu-plain"].model.replace(attention="full", kv_init="uniform"),
 )
+
+
+def check_fits(preset: Preset) -> None:
+    """Refuse (PresetError, one line naming the settings) a recipe whose training step would not fit in this
+    machine's memory: the model's parameters with their gradients and optimiser state, and one batch's activations,
+    estimated before anything is built or cached. Called where training starts (not when a preset is made: the
+    shipped ones must load on any machine, even one too small to train the largest)."""
+    memory = memory_bytes()
+    need = (estimated_parameters(preset.model) * TRAINING_BYTES_PER_PARAMETER
+            + estimated_activation_bytes(preset.model, preset.batch_size))
+    if memory and need > 0.8 * memory:
+        raise PresetError(f"training batches of {preset.batch_size} at {preset.model.image_size} px on a model of "
+                          f"depth {preset.model.depth} and dim {preset.model.dim} needs about {need / 2**30:,.0f} GiB, "
+                          f"more than this machine's {memory / 2**30:.0f} GiB: choose a smaller batch_size, "
+                          "model.image_size, model.depth or model.dim")
 
 
 def get_preset(name: str, **changes) -> Preset:

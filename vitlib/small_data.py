@@ -28,7 +28,7 @@ from .checkpoints import reference_runs
 from .metrics import run_summary
 from .models import build_model, count_parameters
 from .plots import as_image, finish
-from .presets import Preset, get_preset, with_text_settings
+from .presets import PRESETS, Preset, get_preset, with_text_settings
 
 # ---------------------------------------------------------------------------------------------
 # What a token sees
@@ -222,6 +222,32 @@ def row_recipe(name: str) -> Preset:
     return with_text_settings(get_preset(ABLATION_BASE), ABLATION_ROWS[name])
 
 
+def preset_of_row(name: str) -> str | None:
+    """The shipped preset whose recipe ablation row `name` is (e.g. "cpu"), or None."""
+    if name not in ABLATION_ROWS:
+        return None
+    recipe = row_recipe(name)
+    return next((p.name for p in PRESETS.values() if recipe.replace(name=p.name, about=p.about) == p), None)
+
+
+# Colours of the ablation plots: tab20 without its two greys (grey means "the other runs"), each run keeping its own
+# colour in every plot (by its place in ABLATION_ROWS), so a run is the same line from one figure to the next.
+RUN_COLORS = [c for i, c in enumerate(plt.cm.tab20.colors) if i not in (14, 15)]
+
+
+def run_colors(names) -> dict:
+    """A colour for each of `names`: its own (by its place in ABLATION_ROWS), unless another of `names` has it."""
+    order = {name: i for i, name in enumerate(ABLATION_ROWS)}
+    colors, used = {}, set()
+    for k, name in enumerate(names):
+        i = order.get(name, len(order) + k) % len(RUN_COLORS)
+        while i in used and len(used) < len(RUN_COLORS):
+            i = (i + 1) % len(RUN_COLORS)
+        used.add(i)
+        colors[name] = RUN_COLORS[i]
+    return colors
+
+
 def best_run(table: pd.DataFrame) -> str:
     """The row of an ablation_table with the highest validation accuracy (ties: the lower log loss)."""
     return table.sort_values(["val acc", "val log loss"], ascending=[False, True]).index[0]
@@ -320,12 +346,14 @@ def plot_ablation(runs: pd.DataFrame, cnn: tuple[str, ...] = (), highlight: tupl
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 5.4), layout="constrained")
     groups = list(runs.groupby("run", sort=False))
     shown = [name for name, _ in groups if not highlight or name in highlight]
-    colors = dict(zip(shown, plt.cm.tab10(np.arange(len(shown)) % 10), strict=True))
-    markers = {name: "os^D"[i // 10 % 4] for i, name in enumerate(shown)}  # past ten runs: another marker
+    colors = run_colors(shown)
+    markers = {name: "os^D"[i // len(RUN_COLORS) % 4] for i, name in enumerate(shown)}  # colours repeat: markers don't
     for name, h in groups:
         h = h.sort_values("epoch")
         if name in colors:
-            style = dict(color=colors[name], marker=markers[name], ms=2.5, lw=1.5, label=name, zorder=3)
+            preset = preset_of_row(name)
+            label = f"{name} (the `{preset}` preset)" if preset else name
+            style = dict(color=colors[name], marker=markers[name], ms=2.5, lw=1.5, label=label, zorder=3)
         else:
             style = dict(color="0.75", lw=0.8, zorder=1)
         style["ls"] = "--" if name in cnn else "-"

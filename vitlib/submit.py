@@ -158,11 +158,19 @@ def _check_same_data(meta: dict, ds: DogsVsCats) -> None:
 def expected_ids(ds: DogsVsCats) -> tuple[np.ndarray, str]:
     """The ids a submission must have, and where they come from: the sample submission, else the test folder."""
     if ds.sample_submission is not None:
-        sample = pd.read_csv(ds.sample_submission)
+        name = ds.sample_submission.name
+        damaged = (f"{name} is not Kaggle's sample submission (a CSV of id,label); download or extract it again, or "
+                   "delete it to check against the test folder instead.")
+        try:
+            sample = pd.read_csv(ds.sample_submission)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise SubmissionError(f"{damaged} ({type(e).__name__})") from None
         if "id" not in sample.columns:
-            raise SubmissionError(f"{ds.sample_submission.name} has no id column (columns {list(sample.columns)}):"
-                                  " it is not Kaggle's sample submission. Download or extract it again.")
-        return np.sort(sample["id"].to_numpy(dtype=np.int64)), ds.sample_submission.name
+            raise SubmissionError(f"{name} has no id column (columns {list(sample.columns)[:5]}): {damaged}")
+        try:
+            return np.sort(sample["id"].to_numpy(dtype=np.int64)), name
+        except (ValueError, TypeError, OverflowError):
+            raise SubmissionError(f"{name} has ids that are not whole numbers: {damaged}") from None
     ids = index_images(ds, "test")["id"].to_numpy(dtype=np.int64)
     return ids, f"the images of {ds.test_dir.name}/ (no sample submission in the data to check against)"
 
@@ -300,14 +308,15 @@ def predict_to_csv(checkpoint, ds: DogsVsCats, out: Path, tta: bool = True, cali
     """Predict the test folder of `ds` with a checkpoint, calibrate on its validation split, write a checked CSV.
 
     What `python -m vitlib predict` runs. With `submit_message`, the file is also submitted to
-    Kaggle (refused at once for synthetic data, before any prediction). Returns the frame written.
+    Kaggle (refused at once for synthetic or partial data, before any prediction, with nothing written). Returns the
+    frame written.
     """
-    if submit_message is not None:
-        check_submittable(ds)
+    ids, source = expected_ids(ds)
+    if submit_message is not None:  # refused before any prediction, and before anything is written
+        check_submittable(ds, rows=len(ids))
     device = pick_device(device)
     model, meta = load_model(checkpoint, device)
     pred = make_predictions(model, meta, ds, tta, calibrate, device)
-    ids, source = expected_ids(ds)
     frame = write_submission(pred.submission, out, ids, source)
     print(f"{pred.summary()}\nwrote {shown_path(out)}: {len(frame):,} rows, ids checked against {source}")
     if submit_message is not None:

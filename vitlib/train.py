@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,13 +41,17 @@ from .files import (
     write_atomic,
 )
 from .models import build_model
-from .presets import Preset, PresetError
+from .presets import PRESETS, Preset, PresetError, check_fits
 
 RUN_FILES = ("last.pt", "best.pt", "history.csv")  # what fit writes into a run folder
 
 
 class RunExistsError(FileExistsError):
     """The run folder holds a run that this call must not continue or overwrite."""
+
+
+class DivergedError(FloatingPointError):
+    """The training loss stopped being a number; the message says which epoch and what to change."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +79,7 @@ def prepare_training_data(ds: DogsVsCats, preset: Preset, device=None, cache_dir
 
     Started by torchrun, this process joins the run's process group and keeps its own shard of each part
     (on its own GPU)."""
+    check_fits(preset)  # the model and a batch, against this machine's memory, before anything is cached
     world, device = distributed.start(devices.pick_device(device))
     start = time.perf_counter()
     index = validation_split(ds, preset)
@@ -265,7 +271,7 @@ def train_one_epoch(
     seen = steps * batch * world.size
     train_loss = loss_sum.item() / seen
     if not math.isfinite(train_loss):
-        raise FloatingPointError(
+        raise DivergedError(
             f"Training diverged in epoch {epoch} (the loss is {train_loss}). The checkpoints of "
             "the epochs before are intact; lower the learning rate or keep grad_clip on."
         )
@@ -283,8 +289,12 @@ def train_one_epoch(
 
 
 def default_run_dir(preset: Preset, data_id: dict) -> Path:
-    """runs/<preset>-<data name>."""
-    return runs_dir() / f"{preset.name}-{data_id['name']}"
+    """runs/<preset>-<data name>; runs/<preset>-<N>ep-<data name> for a shipped preset trained for N epochs instead of
+    its own (`--epochs N`, notebook 04's EPOCHS), so that a short run and the full one never claim one folder, and the
+    command line and the notebook name the same run alike."""
+    shipped = PRESETS.get(preset.name)
+    epochs = f"-{preset.epochs}ep" if shipped is not None and preset.epochs != shipped.epochs else ""
+    return runs_dir() / f"{preset.name}{epochs}-{data_id['name']}"
 
 
 def check_run_dir(run_dir: Path) -> Path:
@@ -293,6 +303,9 @@ def check_run_dir(run_dir: Path) -> Path:
     other things (`/`, your home, a project); hidden files (a killed run's temporaries, .ipynb_checkpoints) do not
     count."""
     run_dir = Path(run_dir).expanduser()
+    if run_dir.is_symlink() and not run_dir.exists():  # a link to nothing: mkdir would fail only after an epoch
+        raise RunExistsError(f"the run folder {run_dir} is a link to {os.readlink(run_dir)}, which does not exist: "
+                             "create that folder, or choose another run_dir (--run-dir). Nothing was written.")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"the run folder {run_dir} is a file, not a folder: choose another run_dir (--run-dir). "
                              "Nothing was written.")
