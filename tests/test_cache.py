@@ -147,3 +147,13 @@ def test_a_cache_larger_than_half_the_memory_is_refused_before_decoding(monkeypa
                                                 r"model\.image_size"):
         caching.check_cache_fits(500, 4096)
     caching.check_cache_fits(25_000, 224)  # the full competition at the seed's size: 3.5 GiB, fine
+
+
+def test_a_cache_folder_that_is_a_file_is_one_line_before_decoding(ds, tmp_path):
+    """Before: "[Errno 17] File exists" from mkdir."""
+    a_file = tmp_path / "cache"
+    a_file.write_text("mine")
+    index = data.index_images(ds)
+    with pytest.raises(files.PlaceError, match=r"the cache folder .*is a file, not a folder") as e:
+        build_cache(ds, index, 16, cache_dir=a_file)
+    assert "\n" not in str(e.value) and a_file.read_text() == "mine"

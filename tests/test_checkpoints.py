@@ -124,9 +124,20 @@ def format_as_text(path: Path) -> None:
     torch.save(state(format="2"), path)  # once a TypeError (a str compared with an int)
 
 
+def format_of_5_mb(path: Path) -> None:
+    torch.save(state(format="x" * 5_000_000), path)  # once echoed whole in the error line
+
+
 def negative_dim(path: Path) -> None:
     ckpt = state()
     ckpt["model_config"]["dim"] = -64  # once a ValueError traceback in predict
+    torch.save(ckpt, path)
+
+
+def nan_weights(path: Path) -> None:
+    ckpt = state()
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][first] = torch.full_like(ckpt["model"][first], float("nan"))  # once "P(dog)=nan", exit 0
     torch.save(ckpt, path)
 
 
@@ -140,6 +151,8 @@ UNUSABLE = {  # how to spoil a file: what the message must say besides its name
     "model-not-weights": (model_that_is_not_weights, "not a vitlib model checkpoint.*model.*list"),
     "format-as-text": (format_as_text, r"its format is '2', not a number vitlib writes"),
     "negative-dim": (negative_dim, "model_config this vitlib cannot build.*dim must be a whole number >= 1"),
+    "nan-weights": (nan_weights, r"weights that are not finite numbers \(NaN or inf\)"),
+    "format-of-5-MB": (format_of_5_mb, r"its format is 'x{36}\.\.\., not a number vitlib writes"),
 }
 
 
@@ -232,6 +245,30 @@ def test_save_checkpoint_on_a_full_disk_says_so_in_one_line_and_keeps_the_earlie
     assert message.startswith(f"no space left on {tmp_path.resolve()}: last.pt was not written")
     assert path.read_bytes() == before
     assert temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("free", [0, 10 * 2**30])
+def test_a_writer_that_hides_a_full_disk_in_a_runtime_error_is_called_so_only_when_it_is(tmp_path, monkeypatch, free):
+    """torch's stream writer reports a full disk as RuntimeError("... unexpected pos ..."): before, a traceback."""
+    path = tmp_path / "last.pt"
+    checkpoints.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    before = path.read_bytes()
+
+    def part_then_writer_error(obj, f, *args, **kwargs):
+        write_part_of(f)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4416 vs 4310")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", part_then_writer_error)
+        m.setattr(files.shutil, "disk_usage", lambda folder: type("Usage", (), {"free": free})())
+        expected = files.DiskFullError if free == 0 else RuntimeError
+        with pytest.raises(expected) as error:
+            checkpoints.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    if free == 0:
+        assert one_line(str(error.value)).startswith(f"no space left on {tmp_path.resolve()}: last.pt was not written")
+    else:  # space enough: not a full disk, and not said to be one
+        assert "unexpected pos" in str(error.value) and not isinstance(error.value, files.DiskFullError)
+    assert path.read_bytes() == before and temporaries(tmp_path) == []
 
 
 @pytest.mark.skipif(not HAS_DEV_FULL, reason="needs /dev/full")
@@ -335,8 +372,25 @@ def _epoch_as_text(ckpt):
     ckpt["epoch"] = "1"
 
 
-TAMPERED = {  # once a KeyError, a TypeError, the whole size-mismatch dump
+def _history_without_elapsed_s(ckpt):
+    del ckpt["history"]["elapsed_s"]
+
+
+def _history_of_strings(ckpt):
+    ckpt["history"]["val_loss"] = ["low"] * len(ckpt["history"]["val_loss"])
+
+
+def _nan_weights(ckpt):
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][first] = torch.full_like(ckpt["model"][first], float("nan"))
+
+
+TAMPERED = {  # once a KeyError, a TypeError, the whole size-mismatch dump; then (issue 29) a KeyError, a ValueError,
+    # and a FloatingPointError on resume
     "no-optimizer": (_no_optimizer, "it has no optimizer state"),
+    "history-without-elapsed_s": (_history_without_elapsed_s, "its history lacks elapsed_s"),
+    "history-of-strings": (_history_of_strings, "its history holds values that are not numbers"),
+    "nan-weights": (_nan_weights, r"its weights are not all finite numbers \(NaN or inf\)"),
     "bad-rng": (_bad_rng, "random-number state is not the byte tensor"),
     "other-weights": (_weights_of_another_model, "weights do not fit its recipe's model.*size mismatch"),
     "epoch-as-text": (_epoch_as_text, "its epoch is '1'"),

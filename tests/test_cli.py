@@ -110,6 +110,8 @@ def test_a_run_dir_of_another_recipe_exits_2(downloaded, as_user, tmp_path, caps
     before = (run_dir / "last.pt").read_bytes()
     assert exit_code([*args, "--lr", "0.01"]) == 2
     assert "different recipe" in capsys.readouterr().err
+    assert exit_code([*args[:6], "2", *args[7:]]) == 2  # only the epochs differ: the words say so, not "(sample)"
+    assert "different recipe (sample: epochs 1 there, 2 here)" in capsys.readouterr().err
     assert (run_dir / "last.pt").read_bytes() == before
 
 

@@ -99,14 +99,22 @@ def test_a_missing_teacher_is_one_line_naming_it(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def cnn_checkpoint(path, image_size=32):
+def cnn_checkpoint(path, image_size=32, num_classes=2):
     """A (untrained) small CNN saved as a vitlib checkpoint: a teacher for the sample's 32 px photos."""
-    cfg = SAMPLE.model.replace(family="cnn", stem="conv", image_size=image_size, patch_size=8)
+    cfg = SAMPLE.model.replace(family="cnn", stem="conv", image_size=image_size, patch_size=8, num_classes=num_classes)
     torch.manual_seed(1)
     model = build_model(cfg)
     checkpoints.save_checkpoint(path, {"format": checkpoints.CHECKPOINT_FORMAT, "model_config": cfg.__dict__,
                                        "model": model.state_dict(), "data": "test", "data_id": {}})
     return model
+
+
+def test_a_teacher_of_another_task_is_refused_in_one_line(tmp_path):
+    """Before, a teacher of 10 classes failed mid-training: "IndexError: Target 9 is out of bounds"."""
+    cnn_checkpoint(tmp_path / "t.pt", num_classes=10)
+    with pytest.raises(checkpoints.CheckpointError, match="answers 10 classes, not the 2 of Dogs vs Cats") as e:
+        distill.load_teacher(str(tmp_path / "t.pt"), 32)
+    assert "\n" not in str(e.value)
 
 
 def test_a_teacher_of_another_resolution_is_refused(tmp_path):

@@ -188,7 +188,8 @@ def test_with_settings_changes_top_level_model_and_augment_settings():
 @pytest.mark.parametrize(("settings", "message"), [
     ({"model.nope": 1}, "no setting 'model.nope'"),
     ({"nope.stem": "conv"}, "no group 'nope'"),
-    ({"model": 1}, "no setting 'model'"),
+    ({"model": 1}, r"'model' is a group of settings, not one; set one of: model\.image_size, model\.patch_size"),
+    ({"augment": 1}, r"'augment' is a group.*augment\.mixup"),  # once "no setting 'augment'", then a list with augment
     ({"model.stem": "lego"}, "stem must be"),
     ({"augment.mixup": -1}, "mixup must be"),
     ({"augment.mixup": True}, "mixup must be"),  # once taken as 1.0

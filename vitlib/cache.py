@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .data import DataError, DataWarning, DogsVsCats
 from .device import memory_bytes
-from .files import atomic_path, data_dir, progress_bars, waiting
+from .files import DATA_DIR_ENV, atomic_path, data_dir, progress_bars, waiting, writable_folder
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what Pillow raises for a bad file
@@ -113,7 +113,8 @@ def build_cache(
     check_cache_fits(len(files), size, part)  # before anything is decoded, allocated or written
     key = fingerprint(ds, files, size)
     path = Path(cache_dir or data_dir() / "cache") / f"{ds.name}-{part}-{size}px.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent, f"the cache folder (cache/ in the data folder, {DATA_DIR_ENV})")  # a file there, or
+    path.parent.mkdir(parents=True, exist_ok=True)  # no permission: one line naming it, before any decoding
     # one process decodes, the others (torchrun's ranks, a second notebook) wait and then load what it wrote
     with waiting(path.parent / f".{path.name}.lock", f"another process caching {part} at {size}px"):
         return _load_or_build(ds, index, files, key, path, size, part, workers)

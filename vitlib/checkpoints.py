@@ -22,6 +22,8 @@ Every failure to read one is a CheckpointError whose one-line message says which
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import pickle
 import subprocess
 import warnings
@@ -148,7 +150,8 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
         )
     version = ckpt.get("format", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{_shown(path)} is not a vitlib checkpoint (its format is {version!r}, not a number "
+        shown = repr(version) if len(repr(version)) <= 40 else repr(version)[:37] + "..."  # not 5 MB of it
+        raise CheckpointError(f"{_shown(path)} is not a vitlib checkpoint (its format is {shown}, not a number "
                               "vitlib writes); move it away or use a checkpoint vitlib wrote.")
     if version > CHECKPOINT_FORMAT:
         raise CheckpointError(
@@ -160,6 +163,14 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
         raise CheckpointError(f"{_shown(path)} is not a vitlib checkpoint (its data_id is a "
                               f"{type(ckpt['data_id']).__name__}); move it away or use a checkpoint vitlib wrote.")
     return ckpt
+
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "lr", "epoch_s", "images_per_s", "val_loss", "val_acc", "eval_s",
+                   "elapsed_s")  # what fit records for every epoch; resuming reads them
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def restore(ckpt: dict, path: Path, *, model, optimizer, scheduler, scaler) -> tuple[int, list[dict]]:
@@ -185,6 +196,12 @@ def restore(ckpt: dict, path: Path, *, model, optimizer, scheduler, scaler) -> t
     history = ckpt.get("history")
     need(isinstance(history, Mapping) and all(isinstance(v, list) for v in history.values()),
          "its history is not columns of values")
+    missing = [c for c in HISTORY_COLUMNS if c not in history]
+    need(not missing, f"its history lacks {', '.join(missing)}")
+    need(all(len(history[c]) == epoch for c in HISTORY_COLUMNS), f"its history does not hold its {epoch} epochs")
+    need(all(_finite(v) for c in HISTORY_COLUMNS for v in history[c]), "its history holds values that are not numbers")
+    weights = [v for v in ckpt["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    need(all(bool(torch.isfinite(v).all()) for v in weights), "its weights are not all finite numbers (NaN or inf)")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -233,6 +250,10 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path: Path | None = None) ->
     if not isinstance(ckpt["model"], Mapping):
         raise CheckpointError(f"{where} is not a vitlib model checkpoint: its model is a "
                               f"{type(ckpt['model']).__name__}, not weights (a state_dict of tensors).")
+    if not all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point()):
+        raise CheckpointError(f"{where} holds weights that are not finite numbers (NaN or inf): a diverged or damaged "
+                              "run. Use another checkpoint (an earlier best.pt, or the committed one).")
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])

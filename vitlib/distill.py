@@ -49,7 +49,11 @@ def load_teacher(teacher: str, image_size: int, device="cpu") -> nn.Module:
         kinds = ", ".join(map(repr, PRETRAINED))
         raise CheckpointError(f"teacher {teacher!r}: no such checkpoint ({path.name} is not there); give a committed "
                               f"model's kind ({kinds}) or the path of a vitlib checkpoint such as a run's best.pt")
-    model, _ = load_model(path, device)
+    model, _ = load_model(path, device)  # refuses NaN or infinite weights too
+    if model.config.num_classes != 2:  # its top class would be a label cross_entropy cannot take
+        raise CheckpointError(f"teacher {teacher!r} answers {model.config.num_classes} classes, not the 2 of Dogs "
+                              "vs Cats: give a teacher trained on this task (a committed model's kind, or a run's "
+                              "best.pt)")
     if model.config.image_size != image_size:
         raise CheckpointError(f"teacher {teacher!r} sees {model.config.image_size} px photos and the student "
                               f"{image_size} px: both must see the same batch; train a teacher at {image_size} px")

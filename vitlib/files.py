@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -202,8 +203,21 @@ def atomic_path(path: Path):
         if is_disk_full(e) and not isinstance(e, DiskFullError):
             raise disk_full(path.parent, path.name) from None
         raise
+    except RuntimeError:  # a writer that hides the OSError (torch's stream writer: "unexpected pos ...")
+        if _nearly_full(path.parent):
+            raise disk_full(path.parent, path.name) from None
+        raise  # not a full disk: the writer's own error, as it is
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _nearly_full(folder: Path, margin: int = 16 * 2**20) -> bool:
+    """Whether `folder`'s file system has (almost) no space left: after a failed write, what tells a full disk
+    from another failure when the writer did not say."""
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -243,7 +243,10 @@ def with_settings(preset: Preset, settings: dict) -> Preset:
             if not isinstance(where.get(part), dict):
                 raise PresetError(f"a preset has no group {part!r} (in {key!r}); its groups: model, augment")
             where = where[part]
-        if leaf not in where or isinstance(where[leaf], dict):
+        if leaf in where and isinstance(where[leaf], dict):  # a group, not a setting: say what is in it
+            inner = ", ".join(f"{key}.{name}" for name in where[leaf])
+            raise PresetError(f"{key!r} is a group of settings, not one; set one of: {inner}")
+        if leaf not in where:
             raise PresetError(f"a preset has no setting {key!r}; the settings there: {', '.join(where)}")
         where[leaf] = value
     try:

@@ -349,8 +349,7 @@ def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = Tr
                              "choose another run_dir. Nothing was overwritten.")
     recipe = _recipe(ckpt)
     if recipe != preset:
-        name = recipe.name if recipe else "one this vitlib cannot read"
-        raise RunExistsError(f"{run_dir} holds a run of a different recipe ({name}); "
+        raise RunExistsError(f"{run_dir} holds a run of a different recipe ({_recipe_difference(recipe, preset)}); "
                              "choose another run_dir. Nothing was overwritten.")
     if ckpt["data_id"] != dict(data_id):
         raise RunExistsError(f"{run_dir} holds a run trained on other data ({ckpt['data']}); choose another "
@@ -360,6 +359,23 @@ def resume_point(run_dir: Path, preset: Preset, data_id: dict, resume: bool = Tr
                              "with as many (torchrun --nproc_per_node), or choose another run_dir. Nothing was "
                              "overwritten.")
     return ckpt
+
+
+def _recipe_difference(theirs: Preset | None, ours: Preset) -> str:
+    """How the recipe of a run on disk differs from this one, in a few words: the settings that differ, not only
+    the preset's name (which is the same when only the epochs or the teacher differ)."""
+    if theirs is None:
+        return "one this vitlib cannot read"
+    a, b = theirs.to_dict(), ours.to_dict()
+    flat = {}
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            flat.update({f"{key}.{k}": (x.get(k), y.get(k)) for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)})
+        elif x != y and key != "about":
+            flat[key] = (x, y)
+    shown = "; ".join(f"{k} {x!r} there, {y!r} here" for k, (x, y) in list(flat.items())[:3])
+    return f"{theirs.name}: {shown}" if shown else theirs.name
 
 
 def _recipe(ckpt: dict) -> Preset | None:
