@@ -1,5 +1,6 @@
 """The models: geometry, initialisation and checkpoint loading."""
 
+import re
 import time
 
 import pytest
@@ -273,6 +274,15 @@ def test_a_model_larger_than_this_machine_is_refused_at_once(changes):
     with pytest.raises(ValueError, match=r"parameters, [\d,]+ GiB to train: more than this machine's \d+ GiB"):
         models.ModelConfig(**changes)
     assert time.perf_counter() - start < 5  # refused from the config, nothing built (a generous bound, not a timing)
+
+
+@pytest.mark.parametrize(("changes", "names"), [
+    ({"num_classes": 10**11}, "model.num_classes"), ({"k": 10**9}, "model.k"),
+    ({"depth": 10**8}, "model.dim or model.depth")])
+def test_a_model_too_large_names_the_setting_that_makes_it_so(changes, names):
+    """Before, a huge num_classes or k was blamed on "model.dim or model.depth"."""
+    with pytest.raises(ValueError, match=rf"more than this machine's \d+ GiB\. Choose a smaller {re.escape(names)}"):
+        models.ModelConfig(**changes)
 
 
 def test_an_image_size_beyond_any_photo_is_refused():

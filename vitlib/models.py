@@ -86,7 +86,7 @@ class ModelConfig:
         if memory and params * TRAINING_BYTES_PER_PARAMETER > memory:
             raise ValueError(f"a model of dim {self.dim} and depth {self.depth} has about {params:,.0f} parameters, "
                              f"{params * TRAINING_BYTES_PER_PARAMETER / 2**30:,.0f} GiB to train: more than this "
-                             f"machine's {memory / 2**30:.0f} GiB. Choose a smaller model.dim or model.depth")
+                             f"machine's {memory / 2**30:.0f} GiB. Choose a smaller {_largest_part(self)}")
 
     @property
     def grid(self) -> int:
@@ -108,6 +108,15 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         return replace(self, **changes)
+
+
+def _largest_part(cfg: ModelConfig) -> str:
+    """The setting(s) behind the largest share of estimated_parameters: what to make smaller."""
+    d, n = cfg.dim, cfg.seq_len
+    parts = {"model.dim or model.depth": cfg.depth * (9 if cfg.family == "cnn" else 12) * d * d,
+             "model.k (or model.depth)": 2 * n * cfg.k * cfg.depth if cfg.attention == "linformer" else 0,
+             "model.num_classes": d * cfg.num_classes, "model.image_size (or model.patch_size)": n * d}
+    return max(parts, key=parts.get)
 
 
 def estimated_parameters(cfg: ModelConfig) -> float:
