@@ -169,6 +169,12 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "lr", "epoch_s", "images_
                    "elapsed_s")  # what fit records for every epoch; resuming reads them
 
 
+def _finite_weights(state: Mapping) -> bool:
+    """Whether every floating-point tensor of a state_dict holds finite numbers (no NaN, no inf)."""
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if isinstance(v, torch.Tensor)
+               and v.is_floating_point())
+
+
 def _finite(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -200,8 +206,7 @@ def restore(ckpt: dict, path: Path, *, model, optimizer, scheduler, scaler) -> t
     need(not missing, f"its history lacks {', '.join(missing)}")
     need(all(len(history[c]) == epoch for c in HISTORY_COLUMNS), f"its history does not hold its {epoch} epochs")
     need(all(_finite(v) for c in HISTORY_COLUMNS for v in history[c]), "its history holds values that are not numbers")
-    weights = [v for v in ckpt["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    need(all(bool(torch.isfinite(v).all()) for v in weights), "its weights are not all finite numbers (NaN or inf)")
+    need(_finite_weights(ckpt["model"]), "its weights are not all finite numbers (NaN or inf)")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -250,8 +255,7 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path: Path | None = None) ->
     if not isinstance(ckpt["model"], Mapping):
         raise CheckpointError(f"{where} is not a vitlib model checkpoint: its model is a "
                               f"{type(ckpt['model']).__name__}, not weights (a state_dict of tensors).")
-    if not all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values()
-               if isinstance(v, torch.Tensor) and v.is_floating_point()):
+    if not _finite_weights(ckpt["model"]):
         raise CheckpointError(f"{where} holds weights that are not finite numbers (NaN or inf): a diverged or damaged "
                               "run. Use another checkpoint (an earlier best.pt, or the committed one).")
     model = build_model(cfg)

@@ -169,6 +169,9 @@ def kaggle_config_dir(env: dict, home: Path) -> Path:
     return folder
 
 
+COLAB_SECRETS = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY")  # the secrets a Colab notebook may hold
+
+
 def load_colab_secrets(env: dict | None = None) -> list[str]:
     """In Colab, copy Kaggle secrets into the environment (before kaggle is imported).
 
@@ -180,7 +183,7 @@ def load_colab_secrets(env: dict | None = None) -> list[str]:
     from google.colab import userdata  # type: ignore[import-not-found]
 
     copied = []
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+    for name in COLAB_SECRETS:
         if env.get(name):
             continue
         try:
@@ -201,7 +204,7 @@ def colab_secrets_hint(env: dict | None = None) -> str | None:
     from google.colab import userdata  # type: ignore[import-not-found]
 
     hidden = []
-    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+    for name in COLAB_SECRETS:
         try:
             userdata.get(name)
         except Exception as e:  # NotebookAccessError: the secret exists, this notebook may not read it

@@ -281,13 +281,16 @@ def choose_preset(ds: DogsVsCats, device: torch.device) -> Preset:
     return PRESETS["gpu" if device.type == "cuda" else "cpu"]
 
 
+def flat_settings(preset: Preset) -> dict:
+    """A preset's settings as `--set` names them (model and augmentation settings dotted), without its name and
+    description."""
+    d = preset.to_dict()
+    flat = {k: v for k, v in d.items() if k not in ("model", "augment", "name", "about")}
+    flat.update({f"model.{k}": v for k, v in d["model"].items()})
+    flat.update({f"augment.{k}": v for k, v in d["augment"].items()})
+    return flat
+
+
 def compare(*names: str) -> pd.DataFrame:
     """The presets side by side, one row per setting (model and augmentation settings flattened)."""
-    cols = {}
-    for name in names:
-        d = get_preset(name).to_dict()
-        flat = {k: v for k, v in d.items() if k not in ("model", "augment", "name", "about")}
-        flat.update({f"model.{k}": v for k, v in d["model"].items()})
-        flat.update({f"augment.{k}": v for k, v in d["augment"].items()})
-        cols[name] = {k: str(v) for k, v in flat.items()}
-    return pd.DataFrame(cols)
+    return pd.DataFrame({name: {k: str(v) for k, v in flat_settings(get_preset(name)).items()} for name in names})

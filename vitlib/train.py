@@ -41,7 +41,7 @@ from .files import (
     write_atomic,
 )
 from .models import build_model
-from .presets import PRESETS, Preset, PresetError, check_fits
+from .presets import PRESETS, Preset, PresetError, check_fits, flat_settings
 
 RUN_FILES = ("last.pt", "best.pt", "history.csv")  # what fit writes into a run folder
 
@@ -366,14 +366,8 @@ def _recipe_difference(theirs: Preset | None, ours: Preset) -> str:
     the preset's name (which is the same when only the epochs or the teacher differ)."""
     if theirs is None:
         return "one this vitlib cannot read"
-    a, b = theirs.to_dict(), ours.to_dict()
-    flat = {}
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            flat.update({f"{key}.{k}": (x.get(k), y.get(k)) for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)})
-        elif x != y and key != "about":
-            flat[key] = (x, y)
+    a, b = flat_settings(theirs), flat_settings(ours)
+    flat = {k: (a.get(k), b.get(k)) for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)}
     shown = "; ".join(f"{k} {x!r} there, {y!r} here" for k, (x, y) in list(flat.items())[:3])
     return f"{theirs.name}: {shown}" if shown else theirs.name
 
