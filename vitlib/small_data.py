@@ -129,6 +129,7 @@ def plot_lsa(weights: dict[str, torch.Tensor], title: str) -> plt.Figure:
 
 ABLATION_RECORD = Path(__file__).parent / "pretrained" / "ablation-cpu.csv"  # what benchmarks/ablation.py recorded
 ABLATION_BASE = "cpu-plain"  # the plain ViT every row starts from
+CPU_ROW = ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21", "model.heads=4"]  # cpu
 DATA_CURVE = (2000, 4000, 8000)  # training photos of the data curve's smaller points (16,000: the whole split)
 ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m vitlib train --set KEY=VALUE)
     "cpu-plain": [],
@@ -195,6 +196,11 @@ ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m 
     "deit-96px-p16-68ep-heads4-crop35": ["model.stem=conv", "model.image_size=96", "model.patch_size=16",
                                          "epochs=68", "model.heads=4", "augment.scale=[0.35, 1.0]",
                                          "model.distill=true", "teacher=cnn"],
+    # issue 31's search for a steadier cpu recipe: the cpu preset (row conv-96px-p16-21ep-heads4) with one change.
+    # The tokens' mean instead of the class token (the "better plain ViT" recipe, CCT's pooling, the DeiT III head)
+    "cpu-meanpool": [*CPU_ROW, "model.pool=mean"],
+    # and full attention beside it: Linformer's k = 64 projects 37 keys up to 64, it compresses nothing here
+    "cpu-full-meanpool": [*CPU_ROW, "model.pool=mean", "model.attention=full", "model.kv_init=uniform"],
     # the data curve: the cpu recipe (21 epochs) and the reference CNN (36 epochs) on nested subsets of the 16,000
     # training photos, validated on the same 4,000; at 16,000 they are conv-96px-p16-21ep-heads4 and cnn-96px-36ep
     **{f"data-{n}-vit": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21",
