@@ -154,4 +154,4 @@ def test_fit_distils_from_a_teacher_which_it_leaves_as_it_was(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     model, meta = checkpoints.load_model(tmp_path / "run" / "best.pt")
     assert isinstance(model, DistilledViT) and meta["preset"]["teacher"] == str(tmp_path / "teacher.pt")
-    assert run.val_predictions(model)["p_dog"].between(0, 1).all()
+    assert run.val_predictions(model)["p_raw"].between(0, 1).all()

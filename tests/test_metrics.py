@@ -59,6 +59,8 @@ def test_confident_mistakes_are_the_wrong_predictions_surest_first():
     assert list(mistakes.index) == [12, 11, 16, 13, 14]  # the rows themselves, other columns kept
     assert list(metrics.confident_mistakes(predictions, n=2)["file"]) == ["c", "b"]
     assert metrics.confident_mistakes(predictions[predictions["file"].isin(["a", "f"])]).empty
+    raw = predictions.rename(columns={"p_dog": "p_raw"})  # a run's own probabilities, not calibrated
+    assert list(metrics.confident_mistakes(raw, n=2, p="p_raw")["file"]) == ["c", "b"]
 
 
 

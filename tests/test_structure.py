@@ -11,9 +11,9 @@ README = PACKAGE.parent / "README.md"
 
 # Each module may import only those before it (function-level imports included). A new module must be placed here.
 ORDER = ["files", "settings", "device", "plots", "download", "sample", "data", "cache", "explore", "metrics", "patches",
-         "models", "family", "attention", "attention_cost", "augment", "occlusion", "scratch", "presets", "checkpoints",
-         "distill", "distributed", "train", "bench", "small_data", "calibration", "submit", "own_photos", "cli",
-         "__main__"]
+         "models", "family", "attention", "attention_cost", "augment", "predict", "occlusion", "scratch", "presets",
+         "checkpoints", "distill", "distributed", "train", "bench", "small_data", "calibration", "submit", "own_photos",
+         "cli", "__main__"]
 PACKAGE_INIT = "__init__"  # the package itself: `from . import __version__` may come from anywhere
 
 
@@ -109,3 +109,9 @@ def test_the_readme_table_names_every_module():
     missing = sorted(set(ORDER) - named)
     assert not missing, f"README.md's 'How the code is organised' table does not name {missing}"
     assert not sorted(named - set(modules())), "the README names a module that does not exist"
+
+
+def test_predicting_stands_below_training(graph):
+    """A submission and your own photos need a model and `predict`, not the training loop (issue 28's cut)."""
+    for name in ("submit", "own_photos", "predict"):
+        assert "train" not in graph[name], f"{name}.py imports train: predict through vitlib.predict"

@@ -16,9 +16,9 @@ from vitlib.calibration import Calibration
 from vitlib.checkpoints import save_checkpoint
 from vitlib.download import KaggleError
 from vitlib.models import build_model, config_dict
+from vitlib.predict import predict_proba
 from vitlib.presets import get_preset
 from vitlib.submit import SubmissionError
-from vitlib.train import predict_proba
 
 IDS = np.arange(1, 13)
 

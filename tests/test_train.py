@@ -64,25 +64,6 @@ def test_the_constant_schedule_keeps_the_rate():
     assert opt.param_groups[0]["lr"] == pytest.approx(preset.lr)
 
 
-def test_predict_proba_is_the_softmax_in_eval_mode_and_tta_averages_the_mirror():
-    torch.manual_seed(0)
-    model = build_model(PRESET.model.replace(dropout=0.5)).train()
-    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    plain = train.predict_proba(model, x, batch_size=2, tta=False, device=torch.device("cpu"))
-    assert model.training  # left as it was found
-    model.eval()
-    with torch.no_grad():
-        expected = model(train.normalize(x)).softmax(-1)[:, 1].numpy()
-        mirrored = model(train.normalize(x).flip(-1)).softmax(-1)[:, 1].numpy()
-    amp = devices.autocast_dtype(torch.device("cpu"))  # bf16 autocast on CPUs that have it: looser
-    tol = 2e-2 if amp else 1e-5
-    np.testing.assert_allclose(plain, expected, atol=tol)
-    tta = train.predict_proba(model, x, tta=True, device=torch.device("cpu"))
-    np.testing.assert_allclose(tta, (expected + mirrored) / 2, atol=tol)
-    assert plain.shape == (5,) and ((plain >= 0) & (plain <= 1)).all()
-    assert train.predict_proba(model, x[:0]).shape == (0,)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -244,8 +225,8 @@ def test_the_best_checkpoint_is_the_lowest_validation_loss(finished):
     assert not model.training
     torch.testing.assert_close(model.state_dict(), best["model"])
     predictions = finished.val_predictions(model)
-    assert list(predictions.columns) == ["file", "label", "p_dog"] and len(predictions) == len(finished.data.val)
-    assert metrics.log_loss(predictions["label"], predictions["p_dog"]) == pytest.approx(
+    assert list(predictions.columns) == ["file", "id", "label", "p_raw"] and len(predictions) == len(finished.data.val)
+    assert metrics.log_loss(predictions["label"], predictions["p_raw"]) == pytest.approx(
         history["val_loss"].min(), abs=1e-6)
 
 

@@ -41,10 +41,11 @@ def time_to_accuracy(history: pd.DataFrame, target: float) -> float | None:
     return None if hit.empty else float(hit["elapsed_s"].iloc[0])
 
 
-def confident_mistakes(predictions: pd.DataFrame, n: int = 12) -> pd.DataFrame:
-    """The `n` wrong predictions the model was surest of (columns label and p_dog), surest first."""
-    wrong = predictions[(predictions["p_dog"] > 0.5) != (predictions["label"] == 1)]
-    confidence = (wrong["p_dog"] - 0.5).abs()
+def confident_mistakes(predictions: pd.DataFrame, n: int = 12, p: str = "p_dog") -> pd.DataFrame:
+    """The `n` wrong predictions the model was surest of (columns label and `p`, the P(dog): p_dog calibrated, p_raw
+    the model's own), surest first."""
+    wrong = predictions[(predictions[p] > 0.5) != (predictions["label"] == 1)]
+    confidence = (wrong[p] - 0.5).abs()
     return wrong.loc[confidence.sort_values(ascending=False).index[:n]]
 
 

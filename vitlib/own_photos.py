@@ -21,7 +21,7 @@ from PIL import Image
 from . import attention
 from .augment import normalize
 from .cache import UNREADABLE, load_image
-from .train import predict_proba
+from .predict import predict_proba
 
 
 class PhotoError(ValueError):

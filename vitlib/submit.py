@@ -28,8 +28,8 @@ from .explore import show_files
 from .files import atomic_path, runs_dir
 from .metrics import image_losses, log_loss
 from .plots import GROUP_COLORS
+from .predict import predict_split
 from .presets import Preset
-from .train import predict_proba
 
 COLUMNS = ["id", "label"]  # Kaggle's sample submission: id (the N of test/N.jpg), label = P(dog)
 UNREADABLE_P = 0.5  # P(dog) given to a test image that cannot be decoded: costs log 2 whatever it shows
@@ -56,8 +56,8 @@ def predict_test(model, ds: DogsVsCats, tta: bool = True, device=None, batch_siz
     """
     index = index_images(ds, "test")
     cache = build_cache(ds, index, model.config.image_size, part="test")
-    p = predict_proba(model, cache.images, batch_size=batch_size, tta=tta, device=device)
-    out = index.assign(p_raw=index["file"].map(pd.Series(p.astype(np.float64), index=cache.files)))
+    p = predict_split(model, cache, batch_size, tta, device).set_index("file")["p_raw"]
+    out = index.assign(p_raw=index["file"].map(p))
     out["unreadable"] = out["p_raw"].isna()
     if out["unreadable"].any():
         bad = out.loc[out["unreadable"], "id"].tolist()
@@ -78,9 +78,7 @@ def predict_val(model, preset: Preset, ds: DogsVsCats, tta: bool = True, device=
     device = pick_device(device)
     index = validation_split(ds, preset)
     val = build_cache(ds, index, preset.model.image_size).select(index.loc[index["split"] == "val", "file"])
-    p = predict_proba(model, val.images, batch_size=batch_size, tta=tta, device=device)
-    return pd.DataFrame({"file": val.files, "id": val.ids.cpu().numpy(), "label": val.labels.cpu().numpy(),
-                         "p_raw": p.astype(np.float64)})
+    return predict_split(model, val, batch_size, tta, device)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import device as devices
 from . import distill, distributed, metrics
-from .augment import BatchAugment, normalize
+from .augment import BatchAugment
 from .cache import ImageCache, build_cache
 from .checkpoints import load_checkpoint, load_model, restore, save_checkpoint, training_state
 from .data import DataError, DogsVsCats, nested_subset, validation_split
@@ -41,6 +41,7 @@ from .files import (
     write_atomic,
 )
 from .models import build_model
+from .predict import predict_split
 from .presets import PRESETS, Preset, PresetError, check_fits, flat_settings
 
 RUN_FILES = ("last.pt", "best.pt", "history.csv")  # what fit writes into a run folder
@@ -154,29 +155,7 @@ def lr_curve(preset: Preset, steps_per_epoch: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prediction and one epoch
-
-
-@torch.inference_mode()
-def predict_proba(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 256, tta: bool = True, device: torch.device | None = None,
-    mixed_precision: bool = True,
-) -> np.ndarray:
-    """P(dog) for uint8 images (N, 3, S, S), in batches; with `tta`, averaged with the mirror image; in the device's
-    mixed precision unless `mixed_precision` is off."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = normalize(images[i : i + batch_size].to(device, non_blocking=True))
-        with devices.autocast(device) if mixed_precision else contextlib.nullcontext():
-            p = model(x).float().softmax(-1)[:, 1]
-            if tta:
-                p = (p + model(x.flip(-1)).float().softmax(-1)[:, 1]) / 2
-        out.append(p)
-    model.train(was_training)
-    return torch.cat(out).cpu().numpy() if out else np.empty(0, np.float32)
+# One epoch
 
 
 def epoch_seed(preset: Preset, epoch: int, rank: int = 0) -> int:
@@ -397,9 +376,8 @@ class Run:
         return load_model(self.run_dir / "best.pt", self.device)[0]
 
     def val_predictions(self, model: nn.Module | None = None) -> pd.DataFrame:
-        model = model or self.best_model()
-        p = predict_proba(model, self.data.val.images, tta=self.preset.tta, device=self.device)
-        return pd.DataFrame({"file": self.data.val.files, "label": self.data.val.labels.cpu().numpy(), "p_dog": p})
+        """The validation split as `model` (default: the best epoch's) predicts it: file, id, label, p_raw."""
+        return predict_split(model or self.best_model(), self.data.val, tta=self.preset.tta, device=self.device)
 
 
 def fit(preset: Preset, data: TrainData, run_dir: Path | None = None, resume: bool = True,
@@ -552,8 +530,8 @@ def _processes(world: World) -> str:
 def _validate(model, data: TrainData, preset: Preset, mixed_precision: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Labels and P(dog) of the whole validation part; under torchrun each process predicts its shard and
     every process gets all of them, so all compute the same metrics."""
-    p = predict_proba(model, data.val.images, tta=preset.tta, device=data.device, mixed_precision=mixed_precision)
-    y = data.val.labels.cpu().numpy()
+    val = predict_split(model, data.val, tta=preset.tta, device=data.device, mixed_precision=mixed_precision)
+    y, p = val["label"].to_numpy(), val["p_raw"].to_numpy()
     if data.world.size == 1:
         return y, p
     parts = distributed.gather((y, p), data.world)
