@@ -22,6 +22,8 @@ from vitlib import cli, data, sample, train
 from vitlib.files import BusyError
 from vitlib.presets import get_preset
 
+pytestmark = pytest.mark.slow  # every test here starts processes that import vitlib
+
 ROOT = Path(vitlib.__file__).resolve().parent.parent  # the checkout the children import, whatever is installed
 
 

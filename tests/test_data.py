@@ -610,6 +610,7 @@ def test_a_refused_download_says_what_to_do_and_changes_nothing(tmp_path, monkey
     assert listing(dest) == [lock, download.COMPETITION, f"{download.COMPETITION}/notes.txt"]
 
 
+@pytest.mark.slow
 def test_importing_vitlib_does_not_import_kaggle(tmp_path):
     """kaggle's import authenticates, prints and creates ~/.config/kaggle: vitlib must not trigger it."""
     code = ("import sys, vitlib, vitlib.data, vitlib.download, vitlib.cli\n"
