@@ -14,13 +14,12 @@ import zipfile
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests
 from PIL import Image
 
-from vitlib import data, download, explore, sample
+from vitlib import data, download, sample
 from vitlib.data import DataError, DataWarning, UnsafeArchiveError
 from vitlib.files import UNZIP_LIMIT_ENV
 
@@ -155,16 +154,6 @@ def test_split_is_deterministic_whatever_the_listing_order():
     shuffled = data.split_train_val(index.sample(frac=1, random_state=3), seed=7)
     assert val_files(first) == val_files(again) == val_files(shuffled)
     assert val_files(data.split_train_val(index, seed=8)) != val_files(first)
-
-
-def test_image_info_reads_headers_and_marks_unreadable_files(tmp_path):
-    ds = extracted(tmp_path, ["cat.1.jpg", "dog.1.jpg"])
-    (ds.train_dir / "dog.1.jpg").write_bytes(b"not a jpeg")
-    info = explore.image_info(ds, data.index_images(ds), workers=2).set_index("file")
-    assert info.loc["train/cat.1.jpg", ["width", "height", "mode"]].tolist() == [12, 9, "RGB"]
-    assert info.loc["train/cat.1.jpg", "aspect"] == pytest.approx(12 / 9)
-    assert info.loc["train/dog.1.jpg", "mode"] == "unreadable"
-    assert np.isnan(info.loc["train/dog.1.jpg", "aspect"])
 
 
 # ---------------------------------------------------------------------------------------------
