@@ -75,3 +75,15 @@ def test_the_test_photos_are_an_outline_over_the_filled_classes():
     filled = {p.get_label(): p.get_fill() for p in fig.axes[0].patches if not p.get_label().startswith("_")}
     assert filled == {"cat": True, "dog": True, "test": False}
     plt.close(fig)
+
+
+def test_an_image_the_cache_skips_is_unreadable_here_too_and_shown_grey(tmp_path, monkeypatch):
+    """One definition of unreadable (cache.UNREADABLE): before, a decompression bomb crashed image_info and
+    show_files while the cache skipped it."""
+    ds = extracted(tmp_path, ["cat.1.jpg", "dog.1.jpg"])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 12x9 = 108 px is over twice this: Pillow refuses to open it
+    info = explore.image_info(ds, data.index_images(ds), workers=2)
+    assert set(info["mode"]) == {"unreadable"}
+    fig = explore.show_files(ds, ["train/cat.1.jpg"], source="test")
+    assert fig.axes[0].images[0].get_array().shape == (8, 8, 3)  # the grey square
+    plt.close(fig)
