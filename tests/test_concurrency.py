@@ -100,10 +100,10 @@ N_FILES = 3000  # enough that each extraction takes a while, so the two really o
 EXTRACT = """
 import json, os, sys
 from pathlib import Path
-from vitlib import data
+from vitlib import extract
 zip_path, dest = map(Path, sys.argv[1:3])
 """ + START_LINE + """
-print(json.dumps([p.name for p in data.extract_zip(zip_path, dest)]))
+print(json.dumps([p.name for p in extract.extract_zip(zip_path, dest)]))
 """
 
 
