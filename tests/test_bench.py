@@ -41,12 +41,14 @@ def test_measure_reports_both_pipelines_with_ratios_to_the_seed(tiny):
         assert (rows["vs_seed"] - expected).abs().max() <= 0.05 + 1e-9, (what, rows.to_dict("records"))
 
 
-def test_time_to_accuracy_starts_from_the_zips_and_stops_at_the_target(tiny, monkeypatch):
+def test_time_to_accuracy_starts_from_the_zips_and_stops_at_the_target(tiny, monkeypatch, tmp_path):
     folder, _ = tiny
-    monkeypatch.setenv(files.DATA_DIR_ENV, "/keep/me")
+    monkeypatch.setenv(files.DATA_DIR_ENV, str(tmp_path / "user-data"))
+    monkeypatch.setenv(files.RUNS_ENV, str(tmp_path / "user-runs"))
     got = bench.zip_to_accuracy(folder, target=0.0, preset="sample")
     assert got["epochs"] == 1 and got["seconds"] > 0 and got["seconds"] >= got["extract_s"] >= 0
-    assert files.data_dir().as_posix() == "/keep/me"  # the user's setting is restored
+    # extraction, cache and run all went to a temporary folder: nothing in the user's data or runs folders
+    assert not (tmp_path / "user-data").exists() and not (tmp_path / "user-runs").exists()
 
 
 def test_time_to_accuracy_refuses_a_folder_without_zips(tiny):

@@ -22,6 +22,8 @@ from vitlib import cli, data, sample, train
 from vitlib.files import BusyError
 from vitlib.presets import get_preset
 
+pytestmark = pytest.mark.slow  # every test here starts processes that import vitlib
+
 ROOT = Path(vitlib.__file__).resolve().parent.parent  # the checkout the children import, whatever is installed
 
 
@@ -61,16 +63,32 @@ def killed_at_exit(*procs):
             p.communicate()
 
 
+# What each child script runs once it is ready: it says so with a file in the sync folder (second-last argument),
+# then blocks on the start line, the read end of a pipe (last argument), until the parent closes the write end:
+# both children read end-of-file at the same moment, with no polling and no sleep.
+START_LINE = """
+sync, go = sys.argv[-2:]
+Path(sync, f"ready.{os.getpid()}").touch()
+os.read(int(go), 1)
+"""
+
+
 def run_two_at_once(script: str, args, sync: Path):
-    """Two children running `script` with `args` and a start line (sync/go, last argument), released together
-    once both are ready; their processes and (stdout, stderr)."""
+    """Two children running `script` with `args`, the sync folder and the start line (the last two arguments),
+    released together once both are ready; their processes and (stdout, stderr)."""
     sync.mkdir()
-    go = sync / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, args), str(go)], env=child_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    go_read, go_write = os.pipe()
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", script, *map(str, args), str(sync), str(go_read)],
+                                  env=child_env(), pass_fds=[go_read], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    finally:
+        os.close(go_read)  # only the children read it
     with killed_at_exit(*procs):
-        wait_for(lambda: len(list(sync.glob("ready.*"))) == 2, "both children were ready", procs)
-        go.touch()
+        try:
+            wait_for(lambda: len(list(sync.glob("ready.*"))) == 2, "both children were ready", procs)
+        finally:
+            os.close(go_write)  # the start: both children's reads return (or, on a failure, they are not left waiting)
         return procs, [p.communicate(timeout=120) for p in procs]
 
 
@@ -80,14 +98,12 @@ def run_two_at_once(script: str, args, sync: Path):
 N_FILES = 3000  # enough that each extraction takes a while, so the two really overlap
 
 EXTRACT = """
-import json, os, sys, time
+import json, os, sys
 from pathlib import Path
-from vitlib import data
-zip_path, dest, go = map(Path, sys.argv[1:])
-go.with_name(f"ready.{os.getpid()}").touch()
-while not go.exists():  # the start line: both processes begin extracting at the same moment
-    time.sleep(0.001)
-print(json.dumps([p.name for p in data.extract_zip(zip_path, dest)]))
+from vitlib import extract
+zip_path, dest = map(Path, sys.argv[1:3])
+""" + START_LINE + """
+print(json.dumps([p.name for p in extract.extract_zip(zip_path, dest)]))
 """
 
 
@@ -116,13 +132,11 @@ def test_two_processes_extracting_the_same_zip_at_once_both_get_every_file_once(
 
 
 SAMPLE = """
-import os, sys, time
+import os, sys
 from pathlib import Path
 from vitlib import data
-dest, go = map(Path, sys.argv[1:])
-go.with_name(f"ready.{os.getpid()}").touch()
-while not go.exists():
-    time.sleep(0.001)
+dest = Path(sys.argv[1])
+""" + START_LINE + """
 data.prepare_data("sample", dest=dest, verbose=False)
 """
 
@@ -145,7 +159,7 @@ CACHE = """
 import json, os, sys, time
 from pathlib import Path
 from vitlib import cache, data
-source, cache_dir, go = map(Path, sys.argv[1:])
+source, cache_dir = map(Path, sys.argv[1:3])
 ds = data.prepare_data(source, dest=source.parent / "data", verbose=False)
 decoded = []
 real = cache.load_image
@@ -154,9 +168,7 @@ def slow(path, size=None):  # slow enough that the two builds would overlap
     time.sleep(0.02)
     return real(path, size)
 cache.load_image = slow
-go.with_name(f"ready.{os.getpid()}").touch()
-while not go.exists():
-    time.sleep(0.001)
+""" + START_LINE + """
 built = cache.build_cache(ds, data.index_images(ds), 16, cache_dir=cache_dir)
 print(json.dumps({"decoded": len(decoded), "images": len(built), "sum": int(built.images.sum())}))
 """

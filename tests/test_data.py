@@ -14,14 +14,14 @@ import zipfile
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests
 from PIL import Image
 
-from vitlib import data, download, explore, sample
-from vitlib.data import DataError, DataWarning, UnsafeArchiveError
+from vitlib import data, download, extract, sample
+from vitlib.data import DataError, DataWarning
+from vitlib.extract import UnsafeArchiveError
 from vitlib.files import UNZIP_LIMIT_ENV
 
 
@@ -157,16 +157,6 @@ def test_split_is_deterministic_whatever_the_listing_order():
     assert val_files(data.split_train_val(index, seed=8)) != val_files(first)
 
 
-def test_image_info_reads_headers_and_marks_unreadable_files(tmp_path):
-    ds = extracted(tmp_path, ["cat.1.jpg", "dog.1.jpg"])
-    (ds.train_dir / "dog.1.jpg").write_bytes(b"not a jpeg")
-    info = explore.image_info(ds, data.index_images(ds), workers=2).set_index("file")
-    assert info.loc["train/cat.1.jpg", ["width", "height", "mode"]].tolist() == [12, 9, "RGB"]
-    assert info.loc["train/cat.1.jpg", "aspect"] == pytest.approx(12 / 9)
-    assert info.loc["train/dog.1.jpg", "mode"] == "unreadable"
-    assert np.isnan(info.loc["train/dog.1.jpg", "aspect"])
-
-
 # ---------------------------------------------------------------------------------------------
 # Safe extraction
 
@@ -177,7 +167,7 @@ def test_zip_slip_is_refused_and_nothing_is_written(tmp_path, evil):
     archive = make_zip(tmp_path / "in" / "train.zip", {"train/cat.0.jpg": jpeg(), evil: b"pwned"})
     dest = tmp_path / "out" / "deep"
     with pytest.raises(UnsafeArchiveError, match="outside the target folder"):
-        data.extract_zip(archive, dest)
+        extract.extract_zip(archive, dest)
     assert not dest.exists()
     assert not any(p.name == "evil.txt" for p in tmp_path.rglob("*"))
 
@@ -190,7 +180,7 @@ def test_a_zip_listing_a_name_twice_is_refused_and_not_retried(tmp_path):
         zf.writestr("train/cat.0.jpg", jpeg())
         zf.writestr("train/cat.0.jpg", jpeg((1, 2, 3)))
     with pytest.raises(UnsafeArchiveError, match="lists 'train/cat.0.jpg' twice.*Download it again") as e:
-        data.extract_zip(archive, tmp_path / "out")
+        extract.extract_zip(archive, tmp_path / "out")
     assert "Run again" not in str(e.value) and not (tmp_path / "out").exists()
 
 
@@ -198,11 +188,11 @@ def test_a_zip_listing_a_name_twice_is_refused_and_not_retried(tmp_path):
 def test_a_damaged_completion_marker_means_extract_again_not_a_traceback(tmp_path, marker):
     archive = make_zip(tmp_path / "train.zip", train_files(1))
     dest = tmp_path / "out"
-    data.extract_zip(archive, dest)
+    extract.extract_zip(archive, dest)
     (dest / ".train.zip.complete").write_text(marker)
     says = r"completion marker \.train\.zip\.complete is unreadable.*kept it as train\.old-1"
     with pytest.warns(DataWarning, match=says):
-        assert data.extract_zip(archive, dest) == [dest / "train"]
+        assert extract.extract_zip(archive, dest) == [dest / "train"]
     assert sorted(p.name for p in (dest / "train").iterdir()) == ["cat.0.jpg", "dog.0.jpg"]
 
 
@@ -214,7 +204,7 @@ def test_symbolic_links_in_a_zip_are_refused(tmp_path):
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(link, "/etc/passwd")
     with pytest.raises(UnsafeArchiveError, match="symbolic link"):
-        data.extract_zip(archive, tmp_path / "out")
+        extract.extract_zip(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -226,31 +216,31 @@ def zeros_zip(path: Path, mib: int = 8) -> Path:
 
 
 def test_a_zip_that_expands_like_no_photos_do_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "UNZIP_RATIO_FROM", 2**20)  # the 64 MiB of the real check, scaled down to the test's
+    monkeypatch.setattr(extract, "UNZIP_RATIO_FROM", 2**20)  # the 64 MiB of the real check, scaled down to the test's
     archive = zeros_zip(tmp_path / "train.zip")
     with pytest.raises(DataError, match=r"would expand \d+x to 0\.0 GiB, which photos never do") as error:
-        data.extract_zip(archive, tmp_path / "out")
+        extract.extract_zip(archive, tmp_path / "out")
     assert "\n" not in str(error.value) and UNZIP_LIMIT_ENV in str(error.value)  # says how to override
     assert not (tmp_path / "out").exists()
     monkeypatch.setenv(UNZIP_LIMIT_ENV, "1")  # the override: the user trusts this zip
-    assert [p.name for p in data.extract_zip(archive, tmp_path / "out")] == ["train"]
+    assert [p.name for p in extract.extract_zip(archive, tmp_path / "out")] == ["train"]
 
 
 def test_a_zip_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "UNZIP_LIMIT_GB", 4 / 1024)  # 4 MiB
+    monkeypatch.setattr(extract, "UNZIP_LIMIT_GB", 4 / 1024)  # 4 MiB
     with pytest.raises(DataError, match=r"more than the 0\.00390625 GiB allowed"):
-        data.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
+        extract.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
     for text in ("a lot", "nan", "inf", "-1"):  # nan and inf switched both limits off before
         monkeypatch.setenv(UNZIP_LIMIT_ENV, text)
         with pytest.raises(DataError, match="VITLIB_UNZIP_LIMIT_GB must be a number of GiB above 0"):
-            data.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
+            extract.extract_zip(zeros_zip(tmp_path / "train.zip"), tmp_path / "out")
     assert not (tmp_path / "out" / "train").exists()
 
 
 def test_a_zip_larger_than_the_free_space_is_refused_before_it_fills_the_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=2**20, total=2**30))
+    monkeypatch.setattr(extract.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=2**20, total=2**30))
     with pytest.raises(DataError, match=r"no space for train\.zip on .*: it expands to 0\.0 GiB and 0\.0 GiB is free"):
-        data.extract_zip(zeros_zip(tmp_path / "train.zip", mib=2), tmp_path / "out")
+        extract.extract_zip(zeros_zip(tmp_path / "train.zip", mib=2), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -274,7 +264,7 @@ def test_only_regular_files_are_images_a_pipe_or_a_broken_link_is_left_out(tmp_p
 def test_extraction_is_complete_marked_and_a_second_call_is_a_no_op(tmp_path, monkeypatch):
     archive = make_zip(tmp_path / "train.zip", train_files())
     dest = tmp_path / "out"
-    tops = data.extract_zip(archive, dest)
+    tops = extract.extract_zip(archive, dest)
     assert tops == [dest / "train"]
     assert sorted(p.name for p in (dest / "train").iterdir()) == sorted(n.split("/")[1] for n in train_files())
     assert (dest / ".train.zip.complete").is_file()
@@ -285,7 +275,7 @@ def test_extraction_is_complete_marked_and_a_second_call_is_a_no_op(tmp_path, mo
         raise AssertionError("extracted again")
 
     monkeypatch.setattr(zipfile.ZipFile, "extractall", must_not_run)
-    assert data.extract_zip(archive, dest) == tops
+    assert extract.extract_zip(archive, dest) == tops
     assert (dest / "train" / "mine.txt").read_text() == "the user's own file"
 
 
@@ -305,13 +295,13 @@ def test_an_interrupted_extraction_is_redone_never_taken_for_complete(tmp_path, 
     with monkeypatch.context() as m:
         interrupt_extraction_after_one_file(m)
         with pytest.raises(KeyboardInterrupt):
-            data.extract_zip(archive, dest)
+            extract.extract_zip(archive, dest)
     assert not (dest / "train").exists()  # the half-extracted files are only in the staging folder
     assert not (dest / ".train.zip.complete").exists()
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing of ours was in the way: no "kept as .old" warning
-        data.extract_zip(archive, dest)
+        extract.extract_zip(archive, dest)
     assert len(list((dest / "train").iterdir())) == len(train_files())
     assert listing(dest) == [".train.zip.complete", "train", *sorted(train_files())]
 
@@ -324,13 +314,13 @@ def test_interrupted_before_the_marker_redoes_and_keeps_what_was_there(tmp_path,
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(data, "write_atomic", stop)
+        m.setattr(extract, "write_atomic", stop)
         with pytest.raises(KeyboardInterrupt):
-            data.extract_zip(archive, dest)
+            extract.extract_zip(archive, dest)
     assert (dest / "train").is_dir() and not (dest / ".train.zip.complete").exists()
 
     with pytest.warns(DataWarning, match=r"stopped halfway.*kept it as train\.old-1"):
-        data.extract_zip(archive, dest)
+        extract.extract_zip(archive, dest)
     assert len(list((dest / "train").iterdir())) == len(train_files())
     assert len(list((dest / "train.old-1").iterdir())) == len(train_files())
     assert (dest / ".train.zip.complete").is_file()
@@ -339,33 +329,33 @@ def test_interrupted_before_the_marker_redoes_and_keeps_what_was_there(tmp_path,
 def test_a_new_zip_is_extracted_again_and_the_old_folder_kept(tmp_path):
     archive = make_zip(tmp_path / "train.zip", train_files(2))
     dest = tmp_path / "out"
-    data.extract_zip(archive, dest)
+    extract.extract_zip(archive, dest)
     make_zip(archive, train_files(3))  # a fresh download, with more files
     with pytest.warns(DataWarning, match=r"train\.zip has changed.*kept it as train\.old-1"):
-        data.extract_zip(archive, dest)
+        extract.extract_zip(archive, dest)
     assert len(list((dest / "train").iterdir())) == 6
     assert len(list((dest / "train.old-1").iterdir())) == 4
     make_zip(archive, train_files(1))
     with pytest.warns(DataWarning, match="kept it as train.old-2"):
-        data.extract_zip(archive, dest)
+        extract.extract_zip(archive, dest)
     assert len(list((dest / "train").iterdir())) == 2
 
 
 def test_a_folder_deleted_after_extraction_is_extracted_again(tmp_path):
     archive = make_zip(tmp_path / "train.zip", train_files())
     dest = tmp_path / "out"
-    data.extract_zip(archive, dest)
+    extract.extract_zip(archive, dest)
     for p in (dest / "train").iterdir():
         p.unlink()
     (dest / "train").rmdir()
-    data.extract_zip(archive, dest)
+    extract.extract_zip(archive, dest)
     assert len(list((dest / "train").iterdir())) == len(train_files())
 
 
 def test_a_damaged_zip_fails_clearly_and_leaves_earlier_files_as_they_were(tmp_path):
     archive = make_zip(tmp_path / "train.zip", train_files())
     dest = tmp_path / "out"
-    data.extract_zip(archive, dest)
+    extract.extract_zip(archive, dest)
     before = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
 
     payload = b"A" * 4000
@@ -375,7 +365,7 @@ def test_a_damaged_zip_fails_clearly_and_leaves_earlier_files_as_they_were(tmp_p
     raw = archive.read_bytes()
     archive.write_bytes(raw.replace(payload, b"B" * len(payload)))  # the CRC no longer matches
     with pytest.raises(DataError, match="damaged"):
-        data.extract_zip(archive, dest)
+        extract.extract_zip(archive, dest)
     assert {p.name: p.read_bytes() for p in (dest / "train").iterdir()} == before
     assert not (dest / ".train.zip.partial").exists()
     assert not (dest / "train.old-1").exists()
@@ -385,7 +375,7 @@ def test_a_truncated_zip_is_reported(tmp_path):
     archive = make_zip(tmp_path / "train.zip", train_files())
     archive.write_bytes(archive.read_bytes()[:200])
     with pytest.raises(DataError, match="not a readable zip"):
-        data.extract_zip(archive, tmp_path / "out")
+        extract.extract_zip(archive, tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,6 +600,7 @@ def test_a_refused_download_says_what_to_do_and_changes_nothing(tmp_path, monkey
     assert listing(dest) == [lock, download.COMPETITION, f"{download.COMPETITION}/notes.txt"]
 
 
+@pytest.mark.slow
 def test_importing_vitlib_does_not_import_kaggle(tmp_path):
     """kaggle's import authenticates, prints and creates ~/.config/kaggle: vitlib must not trigger it."""
     code = ("import sys, vitlib, vitlib.data, vitlib.download, vitlib.cli\n"
@@ -657,7 +648,7 @@ def test_extraction_deletes_only_staging_folders_vitlib_can_prove_it_left(tmp_pa
     (running / "half.jpg").write_bytes(b"x")
     dead = dest / ".train.zip.partial.999999999"  # a killed extraction's (no such process)
     (dead / "train").mkdir(parents=True)
-    data.extract_zip(archive, dest)
+    extract.extract_zip(archive, dest)
     assert (mine / "notes.txt").read_text() == "mine"
     assert (running / "half.jpg").read_bytes() == b"x"
     assert not dead.exists()

@@ -53,6 +53,25 @@ def test_credential_source(tmp_path, env, files, found):
     assert download.credential_source(env=env, home=tmp_path) == found
 
 
+def test_an_empty_token_file_is_no_token_and_both_checks_try_the_next_source(tmp_path):
+    """As kaggle (kagglesdk's get_access_token_from_env) does. Before, credential_source took an empty
+    ~/.kaggle/access_token for a token (so "auto" went to Kaggle, to fail there) while check_credentials did not."""
+    write(tmp_path / ".kaggle" / "access_token", " \n")
+    assert download.credential_source(env={}, home=tmp_path) is None
+    write(tmp_path / ".kaggle" / "access_token.txt", "tok\n")
+    found = {download.credential_source(env={}, home=tmp_path), download.check_credentials(env={}, home=tmp_path)}
+    assert found == {"~/.kaggle/access_token.txt"}
+
+
+def test_a_token_file_that_cannot_be_read_is_found_and_named_by_the_check(tmp_path):
+    """Found, so "auto" goes to Kaggle, where the check names it in one line (kaggle itself would crash reading it)."""
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "access_token").write_bytes(b"\xff\xfe tok")
+    assert download.credential_source(env={}, home=tmp_path) == "~/.kaggle/access_token"
+    with pytest.raises(KaggleError, match=r"^~/\.kaggle/access_token cannot be read \(not UTF-8 text\): replace"):
+        download.check_credentials(env={}, home=tmp_path)
+
+
 @pytest.mark.parametrize(("env", "files"), [
     # kaggle reads kaggle.json from ONE folder: $KAGGLE_CONFIG_DIR when set ...
     ({"KAGGLE_CONFIG_DIR": "{home}/conf"}, [".kaggle/kaggle.json"]),

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vitlib import data, files, sample, submit
+from vitlib import data, extract, files, sample, submit
 
 HAS_DEV_FULL = os.path.exists("/dev/full")
 IDS = np.arange(1, 6)
@@ -208,7 +208,7 @@ def test_a_full_disk_while_extracting_says_so_keeps_the_earlier_folder_and_never
     names = [f"train/cat.{i}.jpg" for i in range(3)] + [f"train/dog.{i}.jpg" for i in range(3)]
     archive = make_zip(tmp_path / "train.zip", names, b"old")
     dest = tmp_path / "out"
-    data.extract_zip(archive, dest)
+    extract.extract_zip(archive, dest)
     before = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
     make_zip(archive, names, b"a newer, larger zip")  # changed: the next call extracts it again
     zip_bytes = archive.read_bytes()
@@ -219,7 +219,7 @@ def test_a_full_disk_while_extracting_says_so_keeps_the_earlier_folder_and_never
 
     monkeypatch.setattr(zipfile.ZipFile, "extractall", one_file_then_full)
     with pytest.raises(data.DataError) as error:
-        data.extract_zip(archive, dest)
+        extract.extract_zip(archive, dest)
     message = str(error.value)
     assert "\n" not in message
     assert f"no space left on {dest.resolve()}" in message and "train.zip" in message

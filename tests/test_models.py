@@ -1,5 +1,6 @@
 """The models: geometry, initialisation and checkpoint loading."""
 
+import os
 import re
 import time
 
@@ -113,22 +114,24 @@ def test_committed_checkpoints_load_with_their_provenance():
             assert models.config_dict(model.config) == models.config_dict(get_preset(meta["preset"]["name"]).model)
 
 
-def _save_run(runs, name, cfg, data_kind="local"):
+def _save_run(runs, name, cfg, data_kind="local", mtime=None):
+    """A run folder `name` with a best.pt of `cfg`; `mtime` (seconds since the epoch) sets when it was saved."""
     (runs / name).mkdir()
     model = models.build_model(cfg)
     checkpoints.save_checkpoint(runs / name / "best.pt", {
         "model_config": models.config_dict(cfg), "model": model.state_dict(), "preset": {"name": name},
         "data_id": {"kind": data_kind, "name": "photos"}, "data": "real photos: test"})
+    if mtime is not None:
+        os.utime(runs / name / "best.pt", (mtime, mtime))
 
 
 def test_load_trained_takes_your_newest_run_of_the_kind_asked_for(tmp_path, monkeypatch):
     """A conv-stem run is never handed to a notebook that looks at patch filters, nor a plain one as `cpu`."""
     monkeypatch.setenv(files.RUNS_ENV, str(tmp_path))
-    _save_run(tmp_path, "plain", get_preset("cpu-plain").model)
-    time.sleep(0.01)
-    _save_run(tmp_path, "cpu", get_preset("cpu").model)
-    time.sleep(0.01)
-    _save_run(tmp_path, "sample-cpu", get_preset("cpu").model, data_kind="sample")  # newest, but the sample
+    saved = time.time() - 3600  # an hour ago, a second apart: the order is set, not left to the clock's resolution
+    _save_run(tmp_path, "plain", get_preset("cpu-plain").model, mtime=saved)
+    _save_run(tmp_path, "cpu", get_preset("cpu").model, mtime=saved + 1)
+    _save_run(tmp_path, "sample-cpu", get_preset("cpu").model, data_kind="sample", mtime=saved + 2)  # newest, sample
     assert checkpoints.load_trained(kind="linformer")[1]["source"] == "your run plain"
     assert checkpoints.load_trained(kind="cpu")[1]["source"] == "your run cpu"
     assert checkpoints.load_trained(kind="full")[1]["source"] == "committed checkpoint"

@@ -1,6 +1,7 @@
 """Notebook 05's helpers: receptive fields, SPT's views, LSA's view of attention, the ablation table, speed."""
 
 import math
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -160,9 +161,28 @@ def test_a_rows_recipe_is_the_base_preset_with_the_rows_settings():
     assert recipe.replace(model=base.model, epochs=base.epochs, cache_size=None) == base
 
 
-def test_training_speed_is_images_per_second_of_real_steps():
-    speed = small_data.training_speed(get_preset("sample", batch_size=8), seconds=0.2, device="cpu")
-    assert math.isfinite(speed) and speed > 0
+def test_training_speed_is_images_per_second_of_real_steps(monkeypatch):
+    preset = get_preset("sample", batch_size=8)
+    stepped = []  # the shape of every batch put through the training step
+    real_make_step = small_data.make_step
+
+    def counting_make_step(model, recipe, device):
+        step = real_make_step(model, recipe, device)
+
+        def counted(x, y):
+            stepped.append(tuple(x.shape))
+            step(x, y)
+
+        return counted
+
+    monkeypatch.setattr(small_data, "make_step", counting_make_step)
+    start = time.perf_counter()
+    speed = small_data.training_speed(preset, seconds=0.2, device="cpu")
+    wall = time.perf_counter() - start
+    size = preset.model.image_size
+    assert set(stepped) == {(8, 3, size, size)}  # full batches of the preset, each through its training step
+    timed = (len(stepped) - 2) * 8  # images of the timed steps: the two warm-up steps are left out
+    assert 0.2 <= timed / speed <= wall  # those images over the seconds they took: at least the 0.2 s asked for
 
 
 def test_the_data_curve_pairs_both_models_at_each_size_the_full_split_included():

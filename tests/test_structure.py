@@ -10,10 +10,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vitlib"
 README = PACKAGE.parent / "README.md"
 
 # Each module may import only those before it (function-level imports included). A new module must be placed here.
-ORDER = ["files", "settings", "device", "plots", "download", "sample", "data", "cache", "explore", "metrics", "patches",
-         "models", "family", "attention", "attention_cost", "augment", "predict", "occlusion", "scratch", "presets",
-         "checkpoints", "distill", "distributed", "train", "bench", "small_data", "calibration", "submit", "own_photos",
-         "cli", "__main__"]
+ORDER = ["files", "settings", "device", "plots", "download", "sample", "extract", "data", "cache", "explore", "metrics",
+         "patches", "models", "family", "attention", "attention_cost", "augment", "predict", "occlusion", "scratch",
+         "presets", "checkpoints", "distill", "distributed", "train", "bench", "small_data", "calibration", "submit",
+         "own_photos", "cli", "__main__"]
 PACKAGE_INIT = "__init__"  # the package itself: `from . import __version__` may come from anywhere
 
 

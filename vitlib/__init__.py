@@ -2,7 +2,7 @@
 
 One module per concept, in the order the notebooks teach them; a module imports only those before it:
     helpers: files, settings (the notebooks' configuration cell), device, plots
-    01: download, sample, data, cache, explore, metrics
+    01: download, sample, extract, data, cache, explore, metrics
     02: patches, models
     03: attention, attention_cost
     04: augment, presets, checkpoints, distributed, train, bench

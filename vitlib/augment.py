@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from .models import finite_number
+
 MEAN, STD = 0.5, 0.5  # inputs in [-1, 1]; the patch LayerNorm makes finer statistics moot
 
 
@@ -31,7 +33,7 @@ class AugmentConfig:
         """Refuse, in one line, a setting the augmentation could not honour."""
         for name, (lo, hi) in (("scale", (0, 1)), ("ratio", (0, math.inf))):
             pair = getattr(self, name)
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_number, pair))):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(finite_number, pair))):
                 raise ValueError(f"augment {name} must be two numbers (low, high), e.g. [0.35, 1.0], not {pair!r}")
             a, b = pair
             if not (lo < a <= b and b <= hi and math.isfinite(a)):
@@ -39,13 +41,8 @@ class AugmentConfig:
                                  f"{' <= 1' if hi == 1 else ''}, not {getattr(self, name)!r}")
         for name in ("saturation", "mixup", "cutmix"):
             value = getattr(self, name)
-            if not (_number(value) and value >= 0):
+            if not (finite_number(value) and value >= 0):
                 raise ValueError(f"augment {name} must be a number >= 0, not {value!r}")
-
-
-def _number(value) -> bool:
-    """A finite int or float, not a bool (True is an int to Python, not a setting to us) nor a string."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ from .device import memory_bytes
 from .files import DATA_DIR_ENV, atomic_path, data_dir, progress_bars, waiting, writable_folder
 
 FORMAT = 1  # bump when the decoding below changes, so old caches are rebuilt
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what Pillow raises for a bad file
+# What Pillow raises for a file that is not a readable image: the one definition (explore and own_photos use it too)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def load_image(path: Path, size: int | None = None) -> np.ndarray:

@@ -37,6 +37,32 @@ NO_CREDENTIALS = """No Kaggle credentials found. Do one of these, then run again
 Without any of these, the notebooks use the built-in synthetic sample."""
 
 
+TOKEN_FILES = ("access_token", "access_token.txt")  # in ~/.kaggle whatever KAGGLE_CONFIG_DIR says, as kaggle reads them
+
+
+def token_source(env: dict, home: Path) -> tuple[str | None, str | None]:
+    """The first of kaggle's credentials, an access token: where kaggle finds one, and what is wrong with it.
+
+    The one definition of this step, for credential_source and check_credentials alike: KAGGLE_API_TOKEN, then
+    ~/.kaggle/access_token, then ~/.kaggle/access_token.txt. An empty one (blank, or only whitespace) is no token
+    and the next source is tried, as kaggle does (kagglesdk's get_access_token_from_env). Returns (source, None),
+    (None, None) when there is no token, or (source, problem) for a token file that cannot be read.
+    """
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN", None
+    for name in TOKEN_FILES:
+        path, shown = home / ".kaggle" / name, f"~/.kaggle/{name}"
+        if not path.is_file():
+            continue
+        try:
+            if path.read_text().strip():
+                return shown, None
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            return shown, f"{shown} cannot be read ({why}): replace or delete it."
+    return None, None
+
+
 OAUTH = "~/.kaggle/credentials.json (OAuth)"
 
 
@@ -47,11 +73,9 @@ def credential_source(env: dict | None = None, home: Path | None = None) -> str 
     """
     env = os.environ if env is None else env
     home = Path.home() if home is None else Path(home)
-    if env.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    for name in ("access_token", "access_token.txt"):
-        if (home / ".kaggle" / name).is_file():
-            return f"~/.kaggle/{name}"
+    token, _ = token_source(env, home)  # a token file that cannot be read is found: check_credentials says why
+    if token:
+        return token
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
         return "KAGGLE_USERNAME/KAGGLE_KEY"
     config = kaggle_config_dir(env, home) / "kaggle.json"
@@ -84,16 +108,11 @@ def check_credentials(env: dict | None = None, home: Path | None = None) -> str:
     if data and not isinstance(data, dict) and any(name.startswith("KAGGLE_") for name in env):
         raise KaggleError(problem)  # kaggle copies every KAGGLE_* variable into it and crashes, token or not
     # 1. a token (an empty one is none)
-    if env.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    for name in ("access_token", "access_token.txt"):
-        if (home / ".kaggle" / name).is_file():
-            try:
-                if (home / ".kaggle" / name).read_text().strip():
-                    return f"~/.kaggle/{name}"
-            except (OSError, UnicodeDecodeError) as e:
-                why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-                raise KaggleError(f"~/.kaggle/{name} cannot be read ({why}): replace or delete it.") from None
+    token, unreadable = token_source(env, home)
+    if unreadable:
+        raise KaggleError(unreadable)
+    if token:
+        return token
     # 2. username and key: each variable, even empty, replaces its field of kaggle.json
     fields = data if isinstance(data, dict) else {}
     found = {v: (env[v], v) if v in env else (fields[f], file) for v, f in PAIR.items() if v in env or f in fields}

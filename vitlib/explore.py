@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from . import plots
-from .cache import ImageCache, load_image
+from .cache import UNREADABLE, ImageCache, load_image
 from .data import DogsVsCats
 from .plots import show_images
 
@@ -25,7 +25,7 @@ def image_info(ds: DogsVsCats, index: pd.DataFrame, workers: int = 8) -> pd.Data
         try:
             with Image.open(p) as im:
                 return im.width, im.height, im.mode, p.stat().st_size
-        except (OSError, SyntaxError, ValueError):
+        except UNREADABLE:  # as the cache skips it (a decompression bomb included)
             return 0, 0, "unreadable", p.stat().st_size
 
     with ThreadPoolExecutor(workers) as pool:
@@ -77,7 +77,7 @@ def show_files(ds, files, titles=None, cols: int = 6, size: float = 2.0, source:
 def _read_or_grey(path) -> np.ndarray:
     try:
         return load_image(path)
-    except (OSError, ValueError):
+    except UNREADABLE:
         return np.full((8, 8, 3), 128, np.uint8)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -223,6 +224,15 @@ def _nearly_full(folder: Path, margin: int = 16 * 2**20) -> bool:
 def write_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object a small file of vitlib's holds, or None for one that is empty, damaged or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------

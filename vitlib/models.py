@@ -78,9 +78,9 @@ class ModelConfig:
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"a conv stem halves the image per layer: patch_size must be a power of 2, not "
                              f"{self.patch_size}")
-        if not (_number(self.dropout) and 0 <= self.dropout < 1):
+        if not (finite_number(self.dropout) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must lie in [0, 1), not {self.dropout!r}")
-        if self.pos_init_std is not None and not (_number(self.pos_init_std) and self.pos_init_std > 0):
+        if self.pos_init_std is not None and not (finite_number(self.pos_init_std) and self.pos_init_std > 0):
             raise ValueError(f"pos_init_std must be None or a finite number > 0, not {self.pos_init_std!r}")
         memory, params = memory_bytes(), estimated_parameters(self)
         if memory and params * TRAINING_BYTES_PER_PARAMETER > memory:
@@ -155,8 +155,9 @@ def estimated_activation_bytes(cfg: ModelConfig, batch: int) -> float:
     return 4.0 * batch * per_image
 
 
-def _number(value) -> bool:
-    """A finite int or float (not a bool, a string or nan)."""
+def finite_number(value) -> bool:
+    """A finite int or float: not a bool (True is an int to Python, not a setting to us), a string, nan or inf.
+    The one check of a numeric setting: ModelConfig, AugmentConfig and Preset use it."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

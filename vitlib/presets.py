@@ -11,7 +11,6 @@ with full attention, for comparison. `gpu` is the recipe for a CUDA GPU (not yet
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 
@@ -28,6 +27,7 @@ from .models import (
     ModelConfig,
     estimated_activation_bytes,
     estimated_parameters,
+    finite_number,
 )
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -74,10 +74,10 @@ class Preset:
         for name in ("seed", "split_seed"):  # torch and numpy take seeds below 2**32 (numpy) or 2**63 (torch)
             _check(name, getattr(self, name), _whole(getattr(self, name)) and 0 <= getattr(self, name) < 2**32,
                    "a whole number from 0 to 4294967295")
-        _check("lr", self.lr, _number(self.lr) and self.lr > 0, "a number > 0 (e.g. 1e-3)")
-        _check("weight_decay", self.weight_decay, _number(self.weight_decay) and self.weight_decay >= 0,
+        _check("lr", self.lr, finite_number(self.lr) and self.lr > 0, "a number > 0 (e.g. 1e-3)")
+        _check("weight_decay", self.weight_decay, finite_number(self.weight_decay) and self.weight_decay >= 0,
                "a number >= 0")
-        _check("warmup_epochs", self.warmup_epochs, _number(self.warmup_epochs) and 0 <= self.warmup_epochs
+        _check("warmup_epochs", self.warmup_epochs, finite_number(self.warmup_epochs) and 0 <= self.warmup_epochs
                and (not _whole(self.epochs) or self.warmup_epochs <= self.epochs),
                f"a number from 0 to the epochs ({self.epochs})")
         _check("cache_size", self.cache_size, self.cache_size is None or _whole(self.cache_size)
@@ -86,12 +86,12 @@ class Preset:
                f"{MAX_IMAGE_SIZE}")
         _check("train_images", self.train_images, self.train_images is None or _whole(self.train_images)
                and self.train_images >= 2, "None or a whole number >= 2")
-        _check("label_smoothing", self.label_smoothing, _number(self.label_smoothing)
+        _check("label_smoothing", self.label_smoothing, finite_number(self.label_smoothing)
                and 0 <= self.label_smoothing < 1, "a number in [0, 1)")
-        _check("val_fraction", self.val_fraction, _number(self.val_fraction) and 0 < self.val_fraction < 1,
+        _check("val_fraction", self.val_fraction, finite_number(self.val_fraction) and 0 < self.val_fraction < 1,
                "a number in (0, 1)")
-        _check("grad_clip", self.grad_clip, self.grad_clip is None or _number(self.grad_clip) and self.grad_clip > 0,
-               "None or a number > 0")
+        _check("grad_clip", self.grad_clip,
+               self.grad_clip is None or finite_number(self.grad_clip) and self.grad_clip > 0, "None or a number > 0")
         _check("optimizer", self.optimizer, self.optimizer in ("adam", "adamw"), "'adam' or 'adamw'")
         _check("schedule", self.schedule, self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
         _check("model", self.model, isinstance(self.model, ModelConfig), "a ModelConfig")
@@ -126,10 +126,6 @@ class Preset:
 
 def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check(name: str, value, ok: bool, allowed: str) -> None:
