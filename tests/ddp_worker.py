@@ -8,6 +8,8 @@ import os
 import signal
 from pathlib import Path
 
+import torch
+
 from vitlib import distributed
 from vitlib.data import prepare_data
 from vitlib.presets import get_preset
@@ -25,8 +27,8 @@ args = p.parse_args()
 
 preset = get_preset("sample", epochs=args.epochs)
 preset = preset.replace(model=preset.model.replace(stem=args.stem))
-data = prepare_training_data(prepare_data("sample", verbose=False), preset, "cpu")
-world = data.world
+world, device = distributed.start(torch.device("cpu"))  # the entry point joins the process group
+data = prepare_training_data(prepare_data("sample", verbose=False), preset, device, world=world)
 checks = []
 
 

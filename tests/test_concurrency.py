@@ -194,8 +194,8 @@ def test_two_processes_caching_the_same_images_at_once_decode_them_once(tmp_path
 HOLD = """
 import sys, time
 from pathlib import Path
-from vitlib.train import claim_run
-with claim_run(Path(sys.argv[1])):
+from vitlib.run_dir import RunDir
+with RunDir(Path(sys.argv[1])).claim():
     Path(sys.argv[2]).touch()
     time.sleep(float(sys.argv[3]))
 """

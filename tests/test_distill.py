@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from einops import EinopsError
 
 from vitlib import checkpoints, data, distill, files, sample, train
+from vitlib.device import Precision
 from vitlib.models import DistilledViT, build_model, count_parameters
 from vitlib.presets import PresetError, get_preset, with_settings
 
@@ -133,11 +134,12 @@ def test_the_distillation_head_learns_what_the_teacher_says_and_the_class_head_t
             return torch.tensor([[5.0, -5.0]]).expand(len(x), 2)
 
     preset = SAMPLE.replace(model=STUDENT, teacher="cnn", lr=3e-3)
+    precision = Precision.of(torch.device("cpu"), mixed=False)
     opt = train.make_optimizer(model, preset)
-    scaler = train.make_scaler(torch.device("cpu"), False)
+    state = train.TrainingState(model.train(), opt, None, precision.scaler(), preset.grad_clip)
     x, dogs = torch.randn(8, 3, 32, 32), torch.ones(8, dtype=torch.long)
     for _ in range(30):
-        train.train_step(model.train(), x, dogs, opt, scaler, preset, torch.device("cpu"), False, teacher=SaysCat())
+        train.train_step(state, x, dogs, precision, train.make_loss(preset, teacher=SaysCat()))
     cls_logits, dist_logits = model(x)
     assert (cls_logits.argmax(-1) == 1).all() and (dist_logits.argmax(-1) == 0).all()
 
@@ -155,3 +157,12 @@ def test_fit_distils_from_a_teacher_which_it_leaves_as_it_was(tmp_path):
     model, meta = checkpoints.load_model(tmp_path / "run" / "best.pt")
     assert isinstance(model, DistilledViT) and meta["preset"]["teacher"] == str(tmp_path / "teacher.pt")
     assert run.val_predictions(model)["p_raw"].between(0, 1).all()
+
+
+def test_a_damaged_teacher_is_refused_with_advice_for_a_teacher_not_for_a_run_folder(tmp_path):
+    """A teacher's error once said "move it away (or choose another run_dir) and train again"."""
+    damaged = tmp_path / "teacher.pt"
+    damaged.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        distill.load_teacher(str(damaged), 32)
+    assert "run_dir" not in str(error.value) and "use another" in str(error.value)

@@ -5,6 +5,7 @@ run with a clear message instead of a hang."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from vitlib import checkpoints, distributed, train
+from vitlib import checkpoints, distributed
 from vitlib.data import prepare_data, validation_split
 from vitlib.presets import get_preset
+from vitlib.run_dir import RunDir
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -31,6 +33,13 @@ def env(tmp_path_factory) -> dict:
     subprocess.run([sys.executable, "-m", "vitlib", "download", "--data", "sample"], env=env, check=True,
                    capture_output=True, timeout=120)
     return env
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now, as the operating system hands one out (port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def torchrun(*args, env, timeout=240) -> subprocess.CompletedProcess:
@@ -51,6 +60,7 @@ def two(env, tmp_path_factory):
     return where, out, reports(where / "report")
 
 
+@pytest.mark.slow
 def test_both_processes_hold_the_same_weights_after_every_step(two):
     _, _, (r0, r1) = two
     steps = 2 * (len(r0["train"]) // (get_preset("sample").batch_size // 2))
@@ -59,6 +69,7 @@ def test_both_processes_hold_the_same_weights_after_every_step(two):
     assert r0["fingerprint"] == r1["fingerprint"] and r0["epochs"] == r1["epochs"] == [1, 2]
 
 
+@pytest.mark.slow
 def test_each_process_holds_its_own_shard_of_the_split(two, env, monkeypatch):
     _, _, (r0, r1) = two
     monkeypatch.setenv("VITLIB_DATA_DIR", env["VITLIB_DATA_DIR"])
@@ -70,6 +81,7 @@ def test_each_process_holds_its_own_shard_of_the_split(two, env, monkeypatch):
         assert r0[part] == files[0::2] and r1[part] == files[1::2]
 
 
+@pytest.mark.slow
 def test_rank_0_alone_prints_and_writes_the_run(two):
     where, out, (r0, _) = two
     assert sorted(p.name for p in (where / "run").iterdir()) == ["best.pt", "history.csv", "last.pt"]
@@ -82,6 +94,7 @@ def test_rank_0_alone_prints_and_writes_the_run(two):
     assert list(history["epoch"]) == [1, 2] and history["train_loss"].notna().all()
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_are_made_one_before_validating_and_saving(env, tmp_path):
     """A conv stem's BatchNorm updates its running statistics from each process's own images; the processes must
     validate, and rank 0 save, one model."""
@@ -96,6 +109,7 @@ def test_batchnorm_statistics_are_made_one_before_validating_and_saving(env, tmp
     assert distributed.fingerprint(model) == r0["fingerprint"]
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_run_with_a_clear_message_and_a_resume_continues_it(env, tmp_path):
     run = tmp_path / "run"
     steps_per_epoch = 200 // (get_preset("sample").batch_size // 2)
@@ -122,18 +136,20 @@ def test_a_killed_process_ends_the_run_with_a_clear_message_and_a_resume_continu
     assert (run / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_run_folder_another_process_trains_into_ends_every_process_at_once(env, tmp_path):
     run = tmp_path / "run"
-    with train.claim_run(run):  # this test process holds the folder, as a second training would
+    with RunDir(run).claim():  # this test process holds the folder, as a second training would
         out = torchrun("-m", "vitlib", "train", "--preset", "sample", "--data", "sample", "--run-dir", str(run),
                        "--no-progress", "--device", "cpu", env=env, timeout=120)
     assert out.returncode != 0
     assert out.stderr.count("error: another process is training into run/ right now") == 2  # both ranks, no hang
 
 
+@pytest.mark.slow
 def test_a_silent_process_ends_the_run_at_the_group_timeout(env, tmp_path):
     """No torchrun here to stop the others: the process group's timeout is what ends the wait."""
-    common = dict(VITLIB_DIST_TIMEOUT="20", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29_500 + os.getpid() % 1000),
+    common = dict(VITLIB_DIST_TIMEOUT="20", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                   WORLD_SIZE="2", OMP_NUM_THREADS="1")
     args = [sys.executable, str(WORKER), "--run-dir", str(tmp_path / "run"), "--report", str(tmp_path / "r"),
             "--epochs", "3", "--fail-at", "30", "--signal", "SIGSTOP"]
@@ -150,6 +166,7 @@ def test_a_silent_process_ends_the_run_at_the_group_timeout(env, tmp_path):
     assert "last.pt holds epoch 1" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_in_one_line(env, tmp_path):
     out = torchrun("-m", "vitlib", "train", "--preset", "sample", "--data", "sample", "--batch-size", "15",
                    "--run-dir", str(tmp_path / "run"), "--no-progress", "--device", "cpu", env=env)
@@ -163,6 +180,19 @@ def test_one_process_is_the_whole_world():
     assert world == distributed.SINGLE and world.main and device == torch.device("cpu")
     assert world.shard([1, 2, 3]) == [1, 2, 3]
     assert distributed.World(1, 2).shard([1, 2, 3, 4, 5]) == [2, 4]
+
+
+def test_a_world_prints_on_rank_0_alone_and_one_process_is_its_own_sum_gather_and_once(capsys):
+    world = distributed.SINGLE
+    world.print("said")
+    distributed.World(rank=1, size=2).print("not said")
+    assert capsys.readouterr().out == "said\n"
+    value = torch.tensor(3.0)
+    assert world.sum(value) is value and value.item() == 3.0
+    assert world.gather({"a": 1}) == [{"a": 1}]
+    assert world.once(lambda: "rank 0's") == "rank 0's"
+    with pytest.raises(ZeroDivisionError):  # its exception too
+        world.once(lambda: 1 / 0)
 
 
 def test_lost_tells_a_peer_gone_from_other_errors():

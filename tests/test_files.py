@@ -229,6 +229,35 @@ def test_a_full_disk_while_extracting_says_so_keeps_the_earlier_folder_and_never
     assert temporaries(dest) == []
 
 
+def no_inodes(monkeypatch):
+    """A file system with bytes to spare and no free inode: it cannot hold one more file."""
+    real = os.statvfs
+
+    def statvfs(path):
+        stats = real(path)
+        return os.statvfs_result((*stats[:5], 1000, 0, 0, *stats[8:]))  # f_files, f_ffree, f_favail
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_out_of_inodes_is_said_as_no_room_for_more_files_not_as_zero_gib(tmp_path, monkeypatch):
+    """Extracting thousands of small files onto a file system out of inodes once said "it needs about 0.0 GiB"."""
+    names = [f"train/cat.{i}.jpg" for i in range(3)] + [f"train/dog.{i}.jpg" for i in range(3)]
+    archive = make_zip(tmp_path / "train.zip", names, b"tiny")
+
+    def full(self, path=None, members=None, pwd=None):
+        raise no_space()
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", full)
+    no_inodes(monkeypatch)
+    with pytest.raises(data.DataError) as error:
+        extract.extract_zip(archive, tmp_path / "out")
+    message = str(error.value)
+    assert "no room for more files on" in message and "no free inodes" in message and "6 files" in message
+    assert "GiB" not in message
+    assert "no room for more files" in str(files.disk_full(tmp_path, "last.pt"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Temporary files of killed processes
 

@@ -2,6 +2,7 @@
 in one line without stopping the rest; the same from `python -m vitlib predict`."""
 
 import io
+import os
 import sys
 import types
 from types import SimpleNamespace
@@ -39,6 +40,16 @@ def test_a_folder_gives_its_files_sorted_without_hidden_ones(folder):
     assert [p.name for p in own_photos.photo_files([folder])] == ["a.jpg", "b.png", "cut.jpg", "notes.txt"]
     with pytest.raises(own_photos.PhotoError, match="no-such.jpg: no such file or folder"):
         own_photos.photo_files([folder / "no-such.jpg"])
+
+
+def test_a_pipe_or_a_link_to_nothing_is_named_for_what_it_is_not_missing(tmp_path):
+    """Both were called "no such file or folder", though `ls` shows them."""
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(own_photos.PhotoError, match=r"pipe: not a file or a folder \(a pipe, socket or device\)"):
+        own_photos.photo_files([tmp_path / "pipe"])
+    with pytest.raises(own_photos.PhotoError, match=r"link.jpg: a link to .*gone.jpg, which does not exist"):
+        own_photos.photo_files([tmp_path / "link.jpg"])
 
 
 def test_a_photo_reads_the_same_from_a_path_and_from_an_upload(folder):

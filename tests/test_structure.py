@@ -12,8 +12,8 @@ README = PACKAGE.parent / "README.md"
 # Each module may import only those before it (function-level imports included). A new module must be placed here.
 ORDER = ["files", "settings", "device", "plots", "download", "sample", "extract", "data", "cache", "explore", "metrics",
          "patches", "models", "family", "attention", "attention_cost", "augment", "predict", "occlusion", "scratch",
-         "presets", "checkpoints", "distill", "distributed", "train", "bench", "small_data", "calibration", "submit",
-         "own_photos", "cli", "__main__"]
+         "presets", "checkpoints", "run_dir", "distill", "distributed", "train", "bench", "small_data", "calibration",
+         "submit", "own_photos", "cli", "__main__"]
 PACKAGE_INIT = "__init__"  # the package itself: `from . import __version__` may come from anywhere
 
 

@@ -15,8 +15,10 @@ import torch
 
 from vitlib import checkpoints, data, files, metrics, sample, train
 from vitlib import device as devices
+from vitlib import run_dir as folders
 from vitlib.models import build_model
 from vitlib.presets import Preset, PresetError, get_preset
+from vitlib.run_dir import RunDir, RunExistsError, default_path
 
 EPOCHS = 4
 PRESET = get_preset("sample", epochs=EPOCHS)
@@ -36,6 +38,16 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
     assert {"pos_embedding", "cls_token"} <= kept
     assert all(p.ndim >= 2 for p in decay["params"])
     assert len(decay["params"]) + len(keep["params"]) == len(list(model.parameters()))
+
+
+def test_a_distilled_vit_s_token_and_position_get_no_weight_decay_as_its_class_token():
+    """DeiT and timm exempt the distillation token; the predicate was once written twice and exempted only the class
+    token and positions, so dist_token and dist_pos were decayed towards zero."""
+    model = build_model(PRESET.model.replace(distill=True))
+    _, keep = train.make_optimizer(model, PRESET).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    kept = {names[id(p)].rsplit(".", 1)[-1] for p in keep["params"]}
+    assert {"dist_token", "dist_pos", "cls_token", "pos_embedding"} <= kept
 
 
 def test_the_schedule_warms_up_then_decays_to_zero():
@@ -137,7 +149,7 @@ def interrupt_after(monkeypatch, epoch: int) -> None:
     real = train.train_one_epoch
 
     def one_epoch(*args, **kwargs):
-        if args[7] == epoch + 1:  # train_one_epoch(model, data, opt, sched, scaler, augment, preset, epoch, ...)
+        if args[4] == epoch + 1:  # train_one_epoch(state, data, augment, preset, epoch, ...)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -266,7 +278,7 @@ OTHERS = [get_preset("sample", epochs=EPOCHS, lr=1e-3), get_preset("cpu", epochs
 @pytest.mark.parametrize("other", OTHERS, ids=["other-lr", "cpu"])
 def test_a_run_dir_of_another_recipe_is_refused_and_left_alone(finished, tiny, other):
     files = {p.name: p.read_bytes() for p in finished.run_dir.iterdir()}
-    with pytest.raises(train.RunExistsError, match="different recipe.*Nothing was overwritten"):
+    with pytest.raises(RunExistsError, match="different recipe.*Nothing was overwritten"):
         run_fit(other, tiny, finished.run_dir)
     assert {p.name: p.read_bytes() for p in finished.run_dir.iterdir()} == files
 
@@ -281,17 +293,17 @@ def test_a_run_folder_that_is_a_file_or_holds_other_things_is_refused_before_tra
     monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("trained"))
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
-    with pytest.raises(train.RunExistsError, match=r"notes\.txt is a file, not a folder.*Nothing was written"):
+    with pytest.raises(RunExistsError, match=r"notes\.txt is a file, not a folder.*Nothing was written"):
         run_fit(PRESET, tiny, a_file)
     project = tmp_path / "project"
     (project / "src").mkdir(parents=True)
-    with pytest.raises(train.RunExistsError, match=r"holds 1 other thing\(s\) \(src\) and no vitlib run"):
+    with pytest.raises(RunExistsError, match=r"holds 1 other thing\(s\) \(src\) and no vitlib run"):
         run_fit(PRESET, tiny, project)
-    with pytest.raises(train.RunExistsError, match="no vitlib run"):
-        train.check_run_dir(Path("/"))
+    with pytest.raises(RunExistsError, match="no vitlib run"):
+        RunDir(Path("/")).check()
     jupyter = tmp_path / "fresh"
     (jupyter / ".ipynb_checkpoints").mkdir(parents=True)
-    assert train.check_run_dir(jupyter) == jupyter  # hidden things are not "other things"
+    assert RunDir(jupyter).check().path == jupyter  # hidden things are not "other things"
     assert a_file.read_text() == "mine" and sorted(p.name for p in project.iterdir()) == ["src"]
 
 
@@ -331,21 +343,6 @@ def test_fewer_images_than_one_batch_is_a_clear_error(tiny, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Precision, divergence, exports
-
-
-@pytest.mark.parametrize(("capability", "dtype"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
-                                                   ((9, 0), torch.bfloat16)])
-def test_gpus_before_ampere_get_fp16_with_a_scaler_not_emulated_bf16(monkeypatch, capability, dtype):
-    """torch.cuda.is_bf16_supported() says yes on a T4 (emulated, slow); the capability decides."""
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert devices.autocast_dtype(torch.device("cuda")) == dtype
-
-
-def test_mps_runs_in_fp32_without_an_autocast_context():
-    assert devices.autocast_dtype(torch.device("mps")) is None
-    with devices.autocast(torch.device("mps")):  # a no-op context: older torch has no MPS autocast at all
-        pass
 
 
 def as_fp16(monkeypatch):
@@ -450,13 +447,13 @@ def test_mixed_precision_off_trains_in_fp32_and_says_so(tiny, tmp_path, capsys):
 
 def test_ctrl_c_during_a_checkpoint_write_finishes_the_write_then_stops(tiny, tmp_path, monkeypatch, capsys):
     """A Ctrl-C that lands inside torch.save used to cut the file and surface as torch's "unexpected pos" error."""
-    real = train.save_checkpoint
+    real = folders.save_checkpoint
 
     def interrupted_mid_write(path, state):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C (or Jupyter's interrupt) arrives while the file is written
         real(path, state)
 
-    monkeypatch.setattr(train, "save_checkpoint", interrupted_mid_write)
+    monkeypatch.setattr(folders, "save_checkpoint", interrupted_mid_write)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal or Jupyter
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -470,13 +467,13 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_write_then_stops(tiny, tm
 
 def test_where_ctrl_c_is_ignored_a_signal_during_a_checkpoint_write_stays_ignored(tiny, tmp_path, monkeypatch):
     """A run started by `nohup ... &` ignores SIGINT: a checkpoint write must not turn one into a KeyboardInterrupt."""
-    real = train.save_checkpoint
+    real = folders.save_checkpoint
 
     def interrupted_mid_write(path, state):
         os.kill(os.getpid(), signal.SIGINT)
         real(path, state)
 
-    monkeypatch.setattr(train, "save_checkpoint", interrupted_mid_write)
+    monkeypatch.setattr(folders, "save_checkpoint", interrupted_mid_write)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         run = run_fit(PRESET, tiny, tmp_path / "run")
@@ -491,10 +488,10 @@ def test_a_shipped_preset_for_other_epochs_gets_a_run_folder_of_its_own(tmp_path
     monkeypatch.setenv(files.RUNS_ENV, str(tmp_path))
     ident = {"name": "dogs-vs-cats-dev"}
     cpu = presets_get("cpu")
-    assert train.default_run_dir(cpu, ident) == tmp_path / "cpu-dogs-vs-cats-dev"
-    assert train.default_run_dir(cpu.replace(epochs=6), ident) == tmp_path / "cpu-6ep-dogs-vs-cats-dev"
+    assert default_path(cpu, ident) == tmp_path / "cpu-dogs-vs-cats-dev"
+    assert default_path(cpu.replace(epochs=6), ident) == tmp_path / "cpu-6ep-dogs-vs-cats-dev"
     mine = cpu.replace(name="mine", epochs=6)  # not a shipped preset: its name is all it has
-    assert train.default_run_dir(mine, ident) == tmp_path / "mine-dogs-vs-cats-dev"
+    assert default_path(mine, ident) == tmp_path / "mine-dogs-vs-cats-dev"
 
 
 def presets_get(name):

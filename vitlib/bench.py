@@ -25,12 +25,12 @@ from . import metrics
 from .augment import AugmentConfig, BatchAugment
 from .cache import ImageCache, build_cache
 from .data import DogsVsCats, index_images, parse_label, prepare_data
-from .device import describe_device, pick_device, synchronize
+from .device import Precision, describe_device, pick_device, synchronize
 from .distill import load_teacher
 from .metrics import SEED_ACCURACY
 from .models import SEED_NOTEBOOK_MODEL, build_model
 from .presets import Preset, get_preset
-from .train import fit, make_optimizer, make_scaler, prepare_training_data, train_step
+from .train import TrainingState, fit, make_loss, make_optimizer, prepare_training_data, train_step
 
 
 class SeedDataset(Dataset):
@@ -98,11 +98,14 @@ def throughput(batches, seconds: float, step=None, device=None, warmup: int = 2)
 def make_step(model, preset: Preset, device, mixed_precision: bool = True):
     """For timing: the optimiser step `fit` takes with `preset` (its optimiser, loss, clipping, and its teacher's
     forward pass when it distils), on `model`, in the device's mixed precision or in fp32."""
-    opt, scaler = make_optimizer(model, preset), make_scaler(device, mixed_precision)
+    precision = Precision.of(device, mixed_precision)
+    opt = make_optimizer(model, preset)
+    state = TrainingState(model, opt, None, precision.scaler(), preset.grad_clip)  # no schedule: the rate stays
     teacher = load_teacher(preset.teacher, preset.model.image_size, device) if preset.teacher else None
+    loss_fn = make_loss(preset, teacher)
 
     def step(x, y):
-        train_step(model, x, y, opt, scaler, preset, device, mixed_precision, teacher)
+        train_step(state, x, y, precision, loss_fn)
 
     return step
 

@@ -112,8 +112,13 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def load_checkpoint(path: Path, device="cpu") -> dict:
-    """A vitlib checkpoint, loaded with weights_only=True (no code from the file runs), or a CheckpointError."""
+ANOTHER = "use another: a checkpoint vitlib wrote (a run's best.pt or last.pt, or an export)"  # what to do, by default
+RESUMING = "move it away (or choose another run_dir) and train again"  # what to do when it is a run's last.pt
+
+
+def load_checkpoint(path: Path, device="cpu", fix: str = ANOTHER) -> dict:
+    """A vitlib checkpoint, loaded with weights_only=True (no code from the file runs), or a CheckpointError whose
+    one line ends with `fix`, what to do (resuming a run: RESUMING)."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         instead = "" if path.name == "last.pt" else " (or resume from last.pt)"
@@ -128,7 +133,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
         if not unsafe:
             first = next(iter(str(e).splitlines()), "").strip()[:200]
             raise CheckpointError(f"Cannot read {_shown(path)} (it is damaged or not a vitlib checkpoint: {first}); "
-                                  "move it away (or choose another run_dir) and train again.") from None
+                                  f"{fix}.") from None
         raise CheckpointError(
             f"Refused {_shown(path)}: besides weights it holds Python objects ({', '.join(unsafe[:3])}), and loading "
             "those could run code from the file, so vitlib did not load it. Use a checkpoint vitlib wrote (best.pt, "
@@ -138,7 +143,7 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
         first = next(iter(str(e).splitlines()), "").strip()[:200]
         raise CheckpointError(
             f"Cannot read {_shown(path)} ({type(e).__name__}{': ' + first if first else ''}). It is damaged or "
-            "not a vitlib checkpoint; move it away (or choose another run_dir) and train again."
+            f"not a vitlib checkpoint; {fix}."
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{_shown(path)} is not a vitlib checkpoint (it holds a {type(ckpt).__name__}).")

@@ -23,11 +23,12 @@ def _download(args) -> int:
 def _train(args) -> int:
     from .data import prepare_data
     from .device import pick_device
-    from .distributed import from_main, start
+    from .distributed import start
     from .files import PROGRESS_ENV
     from .metrics import run_summary
     from .presets import check_fits, get_preset, with_text_settings
-    from .train import claim_run, default_run_dir, fit, prepare_training_data, resume_point
+    from .run_dir import RunDir
+    from .train import fit, prepare_training_data
 
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
                                   ("seed", args.seed)) if v is not None}
@@ -39,13 +40,12 @@ def _train(args) -> int:
 
     world, device = start(pick_device(args.device))  # under torchrun: join the other processes
     ds = prepare_data(args.data, verbose=world.main)  # downloads and extractions wait for one another (locks)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(preset, ds.identity)
-    with contextlib.ExitStack() as held:  # rank 0 holds the folder; refusals end every process, at once
-        from_main(lambda: held.enter_context(claim_run(run_dir)) is None, world)
-        from_main(lambda: resume_point(run_dir, preset, ds.identity, not args.fresh, "cpu", world.size) is None,
-                  world)  # before the images are cached
-        data = prepare_training_data(ds, preset, device)
-        run = fit(preset, data, run_dir=run_dir, resume=not args.fresh,
+    folder = RunDir.for_run(preset, ds.identity, args.run_dir)
+    with contextlib.ExitStack() as held:  # rank 0 holds the folder and reads it once, before the images are cached;
+        # a refusal ends every process at once
+        world.once(lambda: held.enter_context(folder.open(preset, ds.identity, not args.fresh, world.size)) and None)
+        data = prepare_training_data(ds, preset, device, world=world)
+        run = fit(preset, data, run_dir=folder, resume=not args.fresh,
                   progress=False if args.no_progress else None, compile=args.compile, mixed_precision=not args.fp32)
     if world.main:
         best = run_summary(run.history)

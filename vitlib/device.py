@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,22 +54,28 @@ def memory_bytes() -> int | None:
         return None
 
 
+@functools.cache
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo's text, read once (None where there is none: macOS, Windows)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo() or "").split())
+
+
 def cpu_supports_bf16() -> bool:
     """bf16 is fast on CPUs with AVX512-BF16 or AMX (Xeon since Cooper/Sapphire Rapids); slow elsewhere."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in (_cpuinfo() or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -87,8 +94,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device):
     """The device's mixed-precision context, or none at all (older torch has no MPS autocast, even disabled)."""
-    amp = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    return Precision.of(device).autocast()
 
 
 def synchronize(device: torch.device) -> None:
@@ -113,17 +119,47 @@ def device_name(device: torch.device, threads: int | None = None) -> str:
 
 def describe_device(device: torch.device, mixed_precision: bool = True) -> str:
     """The device in words and the precision training uses on it (fp32 when `mixed_precision` is off)."""
-    amp = autocast_dtype(device) if mixed_precision else None
-    return f"{device_name(device)}, {str(amp).removeprefix('torch.') + ' autocast' if amp else 'fp32'}"
+    return Precision.of(device, mixed_precision).describe()
 
 
 def cpu_bf16_units() -> str:
     """What this CPU has for bf16, in words: AMX (Xeon since Sapphire Rapids) and/or AVX512-BF16, or neither."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+    if _cpuinfo() is None:
         return "unknown (no /proc/cpuinfo)"
+    flags = _cpu_flags()
     units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
     if not units:
         return "none (bf16 would be emulated: slow)"
     return " and ".join(units) + ("" if "AMX" in units else " (no AMX)")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a device trains and predicts: under autocast in `dtype` (bf16, or fp16 with its gradients scaled), or in
+    fp32 (`dtype` None). Built once where training starts (`Precision.of`), used by every step."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+
+    @classmethod
+    def of(cls, device: torch.device, mixed: bool = True) -> Precision:
+        """The device's mixed precision (autocast_dtype), or fp32 when `mixed` is off (or the device has none)."""
+        return cls(device, autocast_dtype(device) if mixed else None)
+
+    @property
+    def mixed(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self):
+        """The context a forward pass runs in: torch.autocast in `dtype`, or none at all for fp32."""
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.mixed else contextlib.nullcontext()
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """fp16 needs its gradients scaled (small ones would underflow); bf16 and fp32 do not (a disabled scaler)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def describe(self) -> str:
+        """The device and the precision in words, e.g. "cpu (Intel(R) Xeon(R) Processor, 2 threads), bfloat16
+        autocast"."""
+        precision = str(self.dtype).removeprefix("torch.") + " autocast" if self.mixed else "fp32"
+        return f"{device_name(self.device)}, {precision}"

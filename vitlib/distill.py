@@ -64,3 +64,14 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the teacher says of the student's batch, in eval mode (BatchNorm on its running statistics), no grad."""
     with torch.no_grad():
         return teacher(x)
+
+
+def deit_loss_fn(teacher: nn.Module, label_smoothing: float = 0.0, alpha: float = ALPHA):
+    """The loss a student trains with (train.make_loss's form): loss(x, logits, target) -> (deit_loss, the mean of
+    the two heads' logits, which is what the student predicts), the teacher asked about the very batch `x`."""
+
+    def loss(x: torch.Tensor, logits, target: torch.Tensor):
+        said = teacher_logits(teacher, x)
+        return deit_loss(logits, target, said, label_smoothing, alpha), (logits[0] + logits[1]) / 2
+
+    return loss

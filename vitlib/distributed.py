@@ -82,6 +82,23 @@ class World:
         """The part of `items` this process holds: every size-th one from its rank (all of them for one process)."""
         return items[self.rank :: self.size]
 
+    def print(self, *args, **kwargs) -> None:
+        """print, on rank 0 alone (one process: always)."""
+        if self.main:
+            print(*args, **kwargs)
+
+    def once(self, fn):
+        """`fn()` on rank 0 alone, its result (or its exception) handed to every process: see from_main."""
+        return from_main(fn, self)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` summed over every process, in place: see total."""
+        return total(value, self)
+
+    def gather(self, obj) -> list:
+        """Every process's `obj`, in rank order: see gather."""
+        return gather(obj, self)
+
 
 SINGLE = World()
 

@@ -20,7 +20,16 @@ import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .files import UNZIP_LIMIT_ENV, is_disk_full, process_alive, read_json, waiting, write_atomic
+from .files import (
+    UNZIP_LIMIT_ENV,
+    is_disk_full,
+    no_space,
+    out_of_files,
+    process_alive,
+    read_json,
+    waiting,
+    write_atomic,
+)
 
 # No Kaggle zip expands past 1 GiB, nor more than about 1.1x its size (JPEGs barely compress): a zip that would is
 # refused before anything is written (a "zip bomb" fills the disk), unless VITLIB_UNZIP_LIMIT_GB allows it
@@ -182,10 +191,11 @@ def _extract(zip_path: Path, dest: Path, marker: Path, stamp: dict, why: str) ->
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             shutil.rmtree(staging, ignore_errors=True)
             if is_disk_full(e):
-                need = sum(info.file_size for info in entries) / 2**30
+                size = f"{len(entries):,} files" if out_of_files(dest) else \
+                    f"about {sum(info.file_size for info in entries) / 2**30:.1f} GiB"
                 raise DataError(
-                    f"no space left on {dest.resolve()} while extracting {zip_path.name} (it needs about "
-                    f"{need:.1f} GiB). Nothing was changed and the zip is fine: free some space and run again."
+                    f"{no_space(dest)} while extracting {zip_path.name} (it needs {size}). Nothing was changed and "
+                    "the zip is fine: free some space and run again."
                 ) from None
             raise DataError(
                 f"Extracting {zip_path.name} failed ({e}): the zip is damaged. Nothing was changed; "

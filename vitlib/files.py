@@ -136,13 +136,29 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in _NO_SPACE
 
 
+def out_of_files(folder: Path) -> bool:
+    """Whether the file system of `folder` (or of the nearest folder above it) has no free inodes left: "No space
+    left on device" with bytes to spare, because it cannot hold one more file (many small files, a small disk)."""
+    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path("/"))
+    try:
+        stats = os.statvfs(existing)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+    return stats.f_files > 0 and stats.f_favail == 0
+
+
+def no_space(folder: Path) -> str:
+    """The words for a full `folder`: no space, or no room for one more file (no free inodes)."""
+    where = Path(folder).resolve()
+    if out_of_files(folder):
+        return f"no room for more files on {where} (its file system has no free inodes, however many bytes are free)"
+    return f"no space left on {where}"
+
+
 def disk_full(folder: Path, what: str) -> DiskFullError:
-    """The one-line error for a write that ran out of space in `folder`."""
-    return DiskFullError(
-        errno.ENOSPC,
-        f"no space left on {Path(folder).resolve()}: {what} was not written; earlier files there are intact. "
-        "Free some space and run again",
-    )
+    """The one-line error for a write that ran out of space (or of inodes) in `folder`."""
+    return DiskFullError(errno.ENOSPC, f"{no_space(folder)}: {what} was not written; earlier files there are intact. "
+                                       "Free some space and run again")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ line, and the others are still predicted.
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,10 @@ def photo_files(paths) -> list[Path]:
             found += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         elif path.is_file():
             found.append(path)
+        elif path.is_symlink():
+            raise PhotoError(f"{path}: a link to {os.readlink(path)}, which does not exist")
+        elif path.exists():  # a FIFO, a socket, a device: reading one could wait for ever
+            raise PhotoError(f"{path}: not a file or a folder (a pipe, socket or device): give a photo's file")
         else:
             raise PhotoError(f"{path}: no such file or folder")
     return found
