@@ -5,7 +5,8 @@ trained by `python -m vitlib train` (one command a row, recorded with its histor
     python benchmarks/ablation.py --list
 
 The rows and the record live in vitlib (`small_data.ABLATION_ROWS`, `vitlib/pretrained/ablation-cpu.csv`: one line per
-epoch with `run`, `device`, `data`, `command`), so notebook 05 draws its table and curves from real runs wherever
+epoch with `run`, `device`, `data`, `command`; issue 31's search rows in `search-cpu.csv` until it is done), so
+notebook 05 draws its table and curves from real runs wherever
 vitlib is installed, and any row can be run again from here.
 """
 
@@ -21,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vitlib import checkpoints  # noqa: E402
-from vitlib.small_data import ABLATION_RECORD as RECORD  # noqa: E402
 from vitlib.small_data import ABLATION_ROWS as ROWS  # noqa: E402
 from vitlib.small_data import ablation_command as command  # noqa: E402
+from vitlib.small_data import record_of  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
             continue
         print(f"== {name}: {shlex.join(cmd)}", flush=True)
         subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True)
-        checkpoints.add_reference_run(name, ROOT / "runs" / "ablation" / name, command=shlex.join(cmd), csv=RECORD)
+        checkpoints.add_reference_run(name, ROOT / "runs" / "ablation" / name, command=shlex.join(cmd),
+                                      csv=record_of(name))
     return 0
 
 

@@ -6,14 +6,21 @@ import shlex
 import pytest
 
 from vitlib import models, small_data
+from vitlib.checkpoints import reference_runs
 from vitlib.presets import get_preset, with_text_settings
 
 RUNS = small_data.ablation_runs()
+SEARCH = small_data.SEARCH_RECORD
 
 
-def test_every_recorded_run_is_a_row_with_its_exact_command():
-    assert len(RUNS), "the record is empty"
-    for name, history in RUNS.groupby("run"):
+@pytest.mark.parametrize("record", ["ablation", "search"])
+def test_every_recorded_run_is_a_row_with_its_exact_command(record):
+    runs = RUNS if record == "ablation" else reference_runs(SEARCH) if SEARCH.is_file() else None
+    if runs is None:
+        pytest.skip("the search has recorded no run yet")
+    assert len(runs), "the record is empty"
+    for name, history in runs.groupby("run"):
+        assert (small_data.record_of(name) == SEARCH) == (record == "search"), f"{name} is in the wrong record"
         assert name in small_data.ABLATION_ROWS, f"{name} is recorded but not a row of small_data.ABLATION_ROWS"
         commands = set(history["command"])
         assert len(commands) == 1, name

@@ -301,3 +301,36 @@ def test_a_tampered_checkpoint_with_a_huge_model_is_one_line(tmp_path):
     with pytest.raises(checkpoints.CheckpointError, match="cannot build .*more than this machine's") as e:
         checkpoints.load_model(path)
     assert "\n" not in str(e.value)
+
+
+def test_a_local_mlp_mixes_each_patch_token_with_its_eight_neighbours_only():
+    """LocalViT's MLP: a patch token's change reaches its own and its neighbours' outputs, never the class token's,
+    a distillation token's, or a patch two steps away."""
+    torch.manual_seed(0)
+    ff = models.LocalFeedForward(8, 32, grid=4, first=1).eval()
+    x = torch.randn(1, 1 + 16 + 1, 8)
+    moved = x.clone()
+    moved[0, 1 + 5] += torch.randn(8)  # patch 5: row 1, column 1 of the 4 x 4 grid
+    with torch.no_grad():
+        changed = ((ff(moved) - ff(x)).abs().sum(-1) > 1e-6)[0].nonzero().flatten().tolist()
+    assert changed == [1 + p for p in (0, 1, 2, 4, 5, 6, 8, 9, 10)]
+
+
+@pytest.mark.parametrize("attention", ["linformer", "full"])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_every_block_of_a_local_vit_has_a_local_mlp_whatever_its_tokens(attention, pool):
+    cfg = get_preset("cpu").model.replace(attention=attention, kv_init="uniform", pool=pool, mlp="local")
+    for distill in (False, True):
+        model = models.build_model(cfg.replace(distill=distill))
+        locals_ = [m for m in model.modules() if isinstance(m, models.LocalFeedForward)]
+        assert len(locals_) == cfg.depth
+        out = model.eval()(torch.randn(2, 3, cfg.image_size, cfg.image_size))
+        assert out.shape == (2, 2)
+        assert models.estimated_parameters(cfg.replace(distill=distill)) == pytest.approx(
+            models.count_parameters(model), rel=0.02)
+
+
+@pytest.mark.parametrize("change", [{"attention": "lsa"}, {"family": "cnn", "stem": "conv"}])
+def test_a_local_mlp_is_refused_where_there_is_no_vit_block_to_put_it_in(change):
+    with pytest.raises(ValueError, match="local MLP"):
+        get_preset("cpu").model.replace(mlp="local", **change)

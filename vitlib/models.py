@@ -42,6 +42,8 @@ class ModelConfig:
     attention: str = "linformer"  # or "full", or "lsa" (locality self-attention, vit-pytorch's small-data ViT)
     k: int = 64  # Linformer: keys and values are projected along the sequence to this length
     pool: str = "cls"  # or "mean"
+    mlp: str = "linear"  # each block's MLP: "linear" (two linear layers), or "local": a 3x3 depthwise convolution
+    # between them over the token grid (LocalViT; see LocalFeedForward)
     dropout: float = 0.0
     pos_init_std: float | None = None  # None keeps vit-pytorch's N(0, 1) position embedding
     kv_init: str = "uniform"  # Linformer's E, F: "uniform" (linformer's own) or "identity" (see build_model)
@@ -66,13 +68,16 @@ class ModelConfig:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
         for name, allowed in (("attention", ("linformer", "full", "lsa")), ("pool", ("cls", "mean")),
                               ("kv_init", ("uniform", "identity")), ("stem", ("patch", "spt", "conv")),
-                              ("family", ("vit", "cnn"))):
+                              ("family", ("vit", "cnn")), ("mlp", ("linear", "local"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
         if not isinstance(self.distill, bool):
             raise ValueError(f"distill must be true or false, not {self.distill!r}")
         if self.distill and self.family != "vit":
             raise ValueError("a distillation token is a ViT's: distill needs family 'vit', not 'cnn'")
+        if self.mlp == "local" and (self.family != "vit" or self.attention == "lsa"):
+            raise ValueError("a local MLP is built into the efficient or the standard ViT's blocks: mlp 'local' needs "
+                             "family 'vit' and attention 'linformer' or 'full'")
         if self.family == "cnn" and self.stem != "conv":
             raise ValueError(f"the cnn family is built on the conv stem: stem must be 'conv', not {self.stem!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -131,7 +136,8 @@ def estimated_parameters(cfg: ModelConfig) -> float:
         return cfg.depth * 9 * d * d + conv + d * cfg.num_classes
     stem = conv if cfg.stem == "conv" else cfg.patch_dim * d * (5 if cfg.stem == "spt" else 1)
     linformer = 2 * n * cfg.k if cfg.attention == "linformer" else 0
-    return cfg.depth * (12 * d * d + linformer) + stem + n * d + d * cfg.num_classes
+    local = 40 * d if cfg.mlp == "local" else 0  # a 3x3 depthwise convolution over the MLP's 4 dim channels
+    return cfg.depth * (12 * d * d + linformer + local) + stem + n * d + d * cfg.num_classes
 
 
 def estimated_activation_bytes(cfg: ModelConfig, batch: int) -> float:
@@ -151,7 +157,8 @@ def estimated_activation_bytes(cfg: ModelConfig, batch: int) -> float:
         per_image += cfg.depth * 5 * d * cfg.grid**2
     else:
         keys = cfg.k if cfg.attention == "linformer" else n
-        per_image += cfg.depth * (17 * n * d + 2 * cfg.heads * n * keys + (2 * keys * d if keys != n else 0))
+        local = 8 * n * d if cfg.mlp == "local" else 0  # the convolution's input and its activation, 4 dim each
+        per_image += cfg.depth * (17 * n * d + local + 2 * cfg.heads * n * keys + (2 * keys * d if keys != n else 0))
     return 4.0 * batch * per_image
 
 
@@ -204,6 +211,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         model.to_patch_embedding = patch_embedding(cfg.patch_size, cfg.dim)
     if cfg.attention == "linformer" and cfg.kv_init == "identity":  # full attention has no E and F
         init_identity_projections(model)
+    if cfg.mlp == "local":
+        use_local_mlps(model, cfg)
     if cfg.pos_init_std is not None:  # every ViT family member has these two
         nn.init.trunc_normal_(model.pos_embedding, std=cfg.pos_init_std)
         nn.init.trunc_normal_(model.cls_token, std=cfg.pos_init_std)
@@ -243,6 +252,44 @@ def conv_layers(patch_size: int, dim: int, channels: int = 3) -> list[nn.Module]
             layers += [nn.BatchNorm2d(width), nn.GELU()]
         c = width
     return layers
+
+
+class LocalFeedForward(nn.Module):
+    """A block's MLP with locality: the two linear layers of the usual MLP, and between them a 3x3 depthwise
+    convolution over the patch tokens laid out as their grid, so that each token's hidden features mix with its
+    eight neighbours' (Li et al., 2021, "LocalViT: Bringing locality to vision transformers"; vit-pytorch's
+    local_vit). The `first` tokens before the patches (the class token, where there is one) and any after them (a
+    distillation token) skip the convolution. `norm`: a LayerNorm first (the standard ViT's MLP has its own;
+    Linformer's blocks normalise before calling it)."""
+
+    def __init__(self, dim: int, hidden_dim: int, grid: int, dropout: float = 0.0, norm: bool = True, first: int = 1):
+        super().__init__()
+        self.grid, self.first = grid, first
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self.up = nn.Linear(dim, hidden_dim)
+        self.local = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.down = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        h = self.act(self.up(self.norm(x)))
+        a, b = self.first, self.first + self.grid**2
+        first, patches, last = h[:, :a], h[:, a:b], h[:, b:]
+        grid = patches.transpose(1, 2).reshape(len(h), -1, self.grid, self.grid)
+        patches = self.act(self.local(grid)).flatten(2).transpose(1, 2)
+        return self.dropout(self.down(self.dropout(torch.cat((first, patches, last), dim=1))))
+
+
+def use_local_mlps(model: nn.Module, cfg: ModelConfig) -> None:
+    """Replace every block's MLP of a freshly built efficient (Linformer) or standard ViT by a LocalFeedForward."""
+    hidden, first = 4 * cfg.dim, model.cls_token.numel() // cfg.dim  # the standard ViT has none when it pools the mean
+    if cfg.attention == "linformer":  # linformer's blocks: [PreNorm(attention), PreNorm(FeedForward)]
+        for _, ff in model.transformer.net.layers:
+            ff.fn = LocalFeedForward(cfg.dim, hidden, cfg.grid, cfg.dropout, norm=False, first=first)
+    else:  # vit-pytorch's Transformer: [Attention, FeedForward], the FeedForward normalising itself
+        for block in model.transformer.layers:
+            block[1] = LocalFeedForward(cfg.dim, hidden, cfg.grid, cfg.dropout, first=first)
 
 
 class SmallCNN(nn.Module):
