@@ -6,6 +6,8 @@ from torch import nn
 
 from vitlib import occlusion
 from vitlib.augment import normalize
+from vitlib.models import build_model
+from vitlib.presets import get_preset
 
 
 class TopLeftBrightness(nn.Module):
@@ -64,3 +66,13 @@ def test_log_odds_stay_finite_where_the_probability_rounds_to_one():
 def test_bad_inputs_are_refused_in_one_line(images, patch, message):
     with pytest.raises(ValueError, match=message):
         occlusion.occlusion_map(TopLeftBrightness(), images, torch.tensor([0]), patch_size=patch)
+
+
+@pytest.mark.parametrize("label", [-1, 2, 9])
+def test_a_label_that_is_not_one_of_the_model_s_classes_is_refused_not_read_as_another(label):
+    """label -1 once gave a map of the last class, silently."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("sample").model)
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"label must be a class of the model's 2 \(0 to 1\)"):
+        occlusion.occlusion_map(model, images, torch.tensor([label]), 8)

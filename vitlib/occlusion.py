@@ -21,6 +21,9 @@ GREY = 128  # the value an occluded pixel gets (uint8): about the photos' mean, 
 def log_odds(logits: torch.Tensor, label: int) -> torch.Tensor:
     """log(p / (1 - p)) of class `label` under softmax(logits), per row; computed from log-probabilities, so that it
     stays finite where p rounds to 1."""
+    if not 0 <= label < logits.shape[-1]:  # -1 would silently read the last class, and its "others" would be wrong
+        raise ValueError(f"label must be a class of the model's {logits.shape[-1]} (0 to {logits.shape[-1] - 1}), "
+                         f"not {label}")
     log_p = logits.log_softmax(-1)
     others = torch.cat([log_p[:, :label], log_p[:, label + 1:]], dim=1).logsumexp(-1)  # log(1 - p)
     return log_p[:, label] - others
