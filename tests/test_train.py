@@ -342,6 +342,63 @@ def test_fewer_images_than_one_batch_is_a_clear_error(tiny, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# A moving average of the weights (a preset's `ema`)
+
+EMA = PRESET.replace(ema=0.9)
+
+
+def test_one_step_moves_the_average_a_tenth_of_the_way_to_the_new_weights():
+    torch.manual_seed(0)
+    model = build_model(EMA.model)
+    precision = devices.Precision.of(torch.device("cpu"), mixed=False)
+    opt = train.make_optimizer(model, EMA)
+    state = train.TrainingState(model, opt, None, precision.scaler(), EMA.grad_clip,
+                                average=train.moving_average(model, EMA.ema))
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 2
+    loss = train.make_loss(EMA)
+    train.train_step(state, x, y, precision, loss)  # the first step: the average starts at the weights
+    before = {k: v.clone() for k, v in state.evaluated.state_dict().items()}
+    train.train_step(state, x, y, precision, loss)
+    after, trained = state.evaluated.state_dict(), state.model.state_dict()
+    for name, value in before.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(after[name], 0.9 * value + 0.1 * trained[name])
+    assert not torch.equal(after["pos_embedding"], trained["pos_embedding"])
+
+
+def test_with_ema_the_average_is_validated_saved_as_the_model_and_resumed_exactly(tiny, tmp_path, monkeypatch):
+    full = run_fit(EMA, tiny, tmp_path / "full")
+    last = checkpoints.load_checkpoint(tmp_path / "full" / "last.pt")
+    torch.testing.assert_close(full.model.state_dict(), last["model"])  # the run's model is the average
+    assert any(not torch.equal(last["model"][k], last["trained"][k]) for k in last["model"])
+    assert last["averaged"] == EPOCHS * (51 // EMA.batch_size)
+    model, _ = checkpoints.load_model(tmp_path / "full" / "best.pt")  # what predict loads: the average
+    val = full.val_predictions(model)
+    best = full.history.loc[full.history["val_loss"].idxmin()]
+    assert metrics.log_loss(val["label"], val["p_raw"]) == pytest.approx(best["val_loss"], abs=1e-6)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_fit(EMA, tiny, tmp_path / "resumed")
+    run_fit(EMA, tiny, tmp_path / "resumed")
+    again = checkpoints.load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key in ("model", "trained"):
+        torch.testing.assert_close(again[key], last[key], rtol=0, atol=0)
+    assert again["averaged"] == last["averaged"]
+    tampered = dict(again)
+    del tampered["trained"]
+    checkpoints.save_checkpoint(tmp_path / "resumed" / "last.pt", tampered)
+    with pytest.raises(checkpoints.CheckpointError, match="no trained weights beside their moving average"):
+        run_fit(EMA, tiny, tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("ema", [0, 1, 1.5, -0.1, float("nan")])
+def test_an_ema_decay_outside_0_to_1_is_refused_in_one_line(ema):
+    with pytest.raises(PresetError, match=r"ema must be None or a decay between 0 and 1"):
+        PRESET.replace(ema=ema)
+
+
+# ---------------------------------------------------------------------------------------------
 # Precision, divergence, exports
 
 

@@ -30,7 +30,7 @@ from .distill import load_teacher
 from .metrics import SEED_ACCURACY
 from .models import SEED_NOTEBOOK_MODEL, build_model
 from .presets import Preset, get_preset
-from .train import TrainingState, fit, make_loss, make_optimizer, prepare_training_data, train_step
+from .train import TrainingState, fit, make_loss, make_optimizer, moving_average, prepare_training_data, train_step
 
 
 class SeedDataset(Dataset):
@@ -100,7 +100,8 @@ def make_step(model, preset: Preset, device, mixed_precision: bool = True):
     forward pass when it distils), on `model`, in the device's mixed precision or in fp32."""
     precision = Precision.of(device, mixed_precision)
     opt = make_optimizer(model, preset)
-    state = TrainingState(model, opt, None, precision.scaler(), preset.grad_clip)  # no schedule: the rate stays
+    state = TrainingState(model, opt, None, precision.scaler(), preset.grad_clip,  # no schedule: the rate stays
+                          average=moving_average(model, preset.ema))
     teacher = load_teacher(preset.teacher, preset.model.image_size, device) if preset.teacher else None
     loss_fn = make_loss(preset, teacher)
 

@@ -10,6 +10,8 @@ file runs). Its keys:
     model_config  ModelConfig as a dict: what build_model needs to rebuild the network
     model         the weights (state_dict)
     optimizer, scheduler, scaler, rng      training state, for an exact resume (absent when exported)
+    trained, averaged    with a preset's `ema` only: the weights as trained (`model` then holds their moving
+                  average) and how many steps the average holds (absent when exported)
     history       every epoch's metrics so far, as {column: [values]}
     data_id       {"kind", "name"}: the data it was trained on (DogsVsCats.identity); what code compares
     data          the same in words (DogsVsCats.describe()): what people read
@@ -49,7 +51,7 @@ PRETRAINED = {  # the committed trained models, by kind (see load_trained)
     "cnn": PRETRAINED_DIR / "cnn-cpu.pt",  # the reference CNN of notebook 05, and the teacher distillation learns from
 }
 REFERENCE_RUNS = PRETRAINED_DIR / "reference-runs.csv"
-_TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng")
+_TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler", "rng", "trained", "averaged")
 
 
 class CheckpointError(RuntimeError):
@@ -66,9 +68,13 @@ def _shown(path: Path) -> str:
 
 
 def training_state(*, preset, model, optimizer, scheduler, scaler, epoch: int, history: list[dict], data_id: dict,
-                   data: str, device: str, processes: int = 1) -> dict:
-    """The checkpoint `fit` writes after each epoch (see the module's docstring for the keys)."""
+                   data: str, device: str, processes: int = 1, average=None) -> dict:
+    """The checkpoint `fit` writes after each epoch (see the module's docstring for the keys). With a moving average
+    of the weights (`average`, a preset's `ema`), `model` holds the average, what is predicted with, and `trained`
+    and `averaged` the weights as trained and the number of steps averaged, to resume exactly."""
     rng = {"torch": torch.get_rng_state()}
+    averaged = {} if average is None else {"model": average.module.state_dict(), "trained": model.state_dict(),
+                                           "averaged": int(average.n_averaged)}
     return {
         "format": CHECKPOINT_FORMAT,
         "vitlib": __version__,
@@ -85,6 +91,7 @@ def training_state(*, preset, model, optimizer, scheduler, scaler, epoch: int, h
         "data": data,
         "device": device,
         "processes": processes,  # torchrun's N (a run resumes with the same N)
+        **averaged,
     }
 
 
@@ -184,7 +191,7 @@ def _finite(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def restore(ckpt: dict, path: Path, *, model, optimizer, scheduler, scaler) -> tuple[int, list[dict]]:
+def restore(ckpt: dict, path: Path, *, model, optimizer, scheduler, scaler, average=None) -> tuple[int, list[dict]]:
     """Load a training checkpoint (last.pt at `path`) into freshly built training parts, for an exact resume; return
     its epoch and its history rows. Every part is checked before any is loaded: a CheckpointError in one line
     names the first that is missing, of the wrong type, or does not fit the model."""
@@ -212,8 +219,17 @@ def restore(ckpt: dict, path: Path, *, model, optimizer, scheduler, scaler) -> t
     need(all(len(history[c]) == epoch for c in HISTORY_COLUMNS), f"its history does not hold its {epoch} epochs")
     need(all(_finite(v) for c in HISTORY_COLUMNS for v in history[c]), "its history holds values that are not numbers")
     need(_finite_weights(ckpt["model"]), "its weights are not all finite numbers (NaN or inf)")
+    if average is not None:  # `model` holds the moving average; the weights as trained are `trained`
+        need(isinstance(ckpt.get("trained"), Mapping), "it has no trained weights beside their moving average")
+        need(_finite_weights(ckpt["trained"]), "its trained weights are not all finite numbers (NaN or inf)")
+        steps = ckpt.get("averaged")
+        need(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0,
+             f"its number of averaged steps is {steps!r}")
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"] if average is None else ckpt["trained"])
+        if average is not None:
+            average.module.load_state_dict(ckpt["model"])
+            average.n_averaged.fill_(ckpt["averaged"])
     except RuntimeError as e:
         need(False, f"its weights do not fit its recipe's model ({_first_mismatch(e)})")
     try:

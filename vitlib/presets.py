@@ -63,6 +63,9 @@ class Preset:
     # data.nested_subset), for the data curve; validation keeps all of its photos. None: all
     teacher: str | None = None  # DeiT distillation (vitlib.distill): the teacher's checkpoint, a committed model's
     # kind ("cnn") or a path; the model needs a distillation token (model.distill). None: no teacher
+    ema: float | None = None  # the decay of an exponential moving average of the weights, updated after every step
+    # (0.998: about the last 500 steps); the average is what is validated, saved as the model and predicted with.
+    # None: the weights as trained
 
     def __post_init__(self):
         """Refuse a setting out of range here, where every preset is made, before anything is written."""
@@ -90,6 +93,8 @@ class Preset:
                and 0 <= self.label_smoothing < 1, "a number in [0, 1)")
         _check("val_fraction", self.val_fraction, finite_number(self.val_fraction) and 0 < self.val_fraction < 1,
                "a number in (0, 1)")
+        _check("ema", self.ema, self.ema is None or finite_number(self.ema) and 0 < self.ema < 1,
+               "None or a decay between 0 and 1 (e.g. 0.998)")
         _check("grad_clip", self.grad_clip,
                self.grad_clip is None or finite_number(self.grad_clip) and self.grad_clip > 0, "None or a number > 0")
         _check("optimizer", self.optimizer, self.optimizer in ("adam", "adamw"), "'adam' or 'adamw'")

@@ -169,10 +169,11 @@ class RunDir:
     # -----------------------------------------------------------------------------------------
     # Resuming and saving
 
-    def restore(self, ckpt: dict, *, model, optimizer, scheduler, scaler) -> list[dict]:
-        """Load checkpoint `ckpt` (this folder's last.pt, as `open` read it) into freshly built training parts, for
-        an exact resume; return its history rows."""
-        _, rows = restore(ckpt, self.last, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    def restore(self, ckpt: dict, *, model, optimizer, scheduler, scaler, average=None) -> list[dict]:
+        """Load checkpoint `ckpt` (this folder's last.pt, as `open` read it) into freshly built training parts (and
+        the weights' moving average, with a preset's `ema`), for an exact resume; return its history rows."""
+        _, rows = restore(ckpt, self.last, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                          average=average)
         return rows
 
     def save(self, state, rows: list[dict], best: float) -> float:

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import device as devices
@@ -149,7 +150,8 @@ def lr_curve(preset: Preset, steps_per_epoch: int) -> np.ndarray:
 @dataclass
 class TrainingState:
     """What a step changes: the model (`trained`: itself, or wrapped by DDP or torch.compile; `model` is always the
-    model itself, to validate and save), its optimiser, schedule and gradient scaler, and the clipping norm."""
+    model itself), its optimiser, schedule and gradient scaler, the clipping norm, and with a preset's `ema` the
+    moving average of its weights (`average`), which is then what is validated and saved (`evaluated`)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -157,9 +159,22 @@ class TrainingState:
     scaler: torch.amp.GradScaler
     grad_clip: float | None = None
     trained: nn.Module | None = None
+    average: AveragedModel | None = None
 
     def __post_init__(self):
         self.trained = self.model if self.trained is None else self.trained
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model to validate, save and predict with: the moving average when there is one."""
+        return self.model if self.average is None else self.average.module
+
+
+def moving_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights and buffers (BatchNorm's statistics too), or None."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def training_parts(preset: Preset, device: torch.device, steps_per_epoch: int, precision: Precision) -> TrainingState:
@@ -167,7 +182,8 @@ def training_parts(preset: Preset, device: torch.device, steps_per_epoch: int, p
     torch.manual_seed(preset.seed)
     model = build_model(preset.model).to(device)
     opt = make_optimizer(model, preset)
-    return TrainingState(model, opt, make_scheduler(opt, preset, steps_per_epoch), precision.scaler(), preset.grad_clip)
+    return TrainingState(model, opt, make_scheduler(opt, preset, steps_per_epoch), precision.scaler(), preset.grad_clip,
+                         average=moving_average(model, preset.ema))
 
 
 def make_loss(preset: Preset, teacher: nn.Module | None = None):
@@ -208,6 +224,8 @@ def train_step(state: TrainingState, x: torch.Tensor, target: torch.Tensor, prec
         nn.utils.clip_grad_norm_(state.trained.parameters(), state.grad_clip)
     state.scaler.step(state.optimizer)
     state.scaler.update()
+    if state.average is not None:
+        state.average.update_parameters(state.model)
     return logits, loss
 
 
@@ -265,7 +283,7 @@ class Run:
     preset: Preset
     run_dir: Path
     history: pd.DataFrame
-    model: nn.Module  # weights of the last epoch trained
+    model: nn.Module  # weights of the last epoch trained (their moving average, with the preset's `ema`)
     data: TrainData
     device: torch.device
     precision: Precision | None = None  # what it trained and validated in (None: the device's mixed precision)
@@ -298,7 +316,7 @@ def fit(preset: Preset, data: TrainData, run_dir: RunDir | Path | None = None, r
         teacher = distill.load_teacher(preset.teacher, preset.model.image_size, device) if preset.teacher else None
         state = training_parts(preset, device, steps, precision)
         rows = folder.restore(ckpt, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
-                              scaler=state.scaler) if ckpt else []
+                              scaler=state.scaler, average=state.average) if ckpt else []
         if ckpt:
             world.print(f"resuming after epoch {len(rows)}" if len(rows) < preset.epochs
                         else f"already trained: {len(rows)} epochs")
@@ -313,14 +331,14 @@ def fit(preset: Preset, data: TrainData, run_dir: RunDir | Path | None = None, r
             for epoch in range(len(rows) + 1, preset.epochs + 1):
                 row = {"epoch": epoch, **train_one_epoch(state, data.train, augment, preset, epoch, precision,
                                                          loss_fn, steps, world, _progress(progress, world), after_step)}
-                row.update(_validate(state.model, data, preset, precision), elapsed_s=clock.elapsed())
+                row.update(_validate(state, data, preset, precision), elapsed_s=clock.elapsed())
                 rows.append(row)
                 world.print(_epoch_line(row, preset))
                 checkpoint = functools.partial(training_state, preset=preset, model=state.model,
                                                optimizer=state.optimizer, scheduler=state.scheduler,
                                                scaler=state.scaler, epoch=epoch, history=rows, data_id=data.data_id,
                                                data=data.source, processes=world.size,
-                                               device=precision.describe() + _processes(world))
+                                               device=precision.describe() + _processes(world), average=state.average)
                 with uninterrupted():  # a Ctrl-C waits until the checkpoint is whole and `saved` says so
                     best = world.once(functools.partial(folder.save, checkpoint, rows, best))
                     saved = epoch
@@ -337,7 +355,7 @@ def fit(preset: Preset, data: TrainData, run_dir: RunDir | Path | None = None, r
             raise DistributedError(f"process {world.rank} of {world.size} lost the other processes during epoch "
                                    f"{epoch} ({reason(e)}); {folder.last.name} holds epoch {saved}: run the same "
                                    "torchrun command to resume") from None
-    return Run(preset, folder.path, pd.DataFrame(rows), state.model, data, device, precision)
+    return Run(preset, folder.path, pd.DataFrame(rows), state.evaluated, data, device, precision)
 
 
 def _open(folder: RunDir, held: contextlib.ExitStack, preset: Preset, data: TrainData, resume: bool) -> dict | None:
@@ -394,13 +412,15 @@ def _processes(world: World) -> str:
     return f" x {world.size} processes" if world.size > 1 else ""
 
 
-def _validate(model, data: TrainData, preset: Preset, precision: Precision) -> dict:
-    """The validation part's log loss and accuracy (the history's val_loss, val_acc) and the seconds they took; under
-    torchrun each process predicts its shard and every process gets all of them, so all compute the same metrics.
-    BatchNorm's running statistics are made rank 0's first (each process updated its own during the epoch)."""
+def _validate(state: TrainingState, data: TrainData, preset: Preset, precision: Precision) -> dict:
+    """The validation part's log loss and accuracy (the history's val_loss, val_acc) as the evaluated model (see
+    TrainingState) predicts them, and the seconds they took; under torchrun each process predicts its shard and every
+    process gets all of them, so all compute the same metrics. BatchNorm's running statistics are made rank 0's first
+    (each process updated its own during the epoch)."""
     t = time.perf_counter()
-    same_buffers(model, data.world)
-    val = predict_split(model, data.val, tta=preset.tta, device=data.device, mixed_precision=precision.mixed)
+    for model in {id(m): m for m in (state.model, state.evaluated)}.values():
+        same_buffers(model, data.world)
+    val = predict_split(state.evaluated, data.val, tta=preset.tta, device=data.device, mixed_precision=precision.mixed)
     parts = data.world.gather((val["label"].to_numpy(), val["p_raw"].to_numpy()))
     y, p = np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts])
     return {"val_loss": log_loss(y, p), "val_acc": accuracy(y, p), "eval_s": time.perf_counter() - t}
