@@ -1,4 +1,4 @@
-"""Writes on a full disk, and temporary files left by killed processes.
+"""Writes on a full disk, temporary files left by killed processes, and a path as a person reads it.
 
 A full disk is said in one line that names the folder; the earlier file stays byte for byte, and no
 temporary file is left. It is simulated two ways: a writer that writes part of the file and then
@@ -336,3 +336,24 @@ def test_use_drive_says_what_to_do_when_drive_is_not_mounted_or_not_colab(tmp_pa
     monkeypatch.delitem(__import__("sys").modules, "google.colab", raising=False)
     with pytest.raises(files.PlaceError, match="Colab only; elsewhere use files.keep_in"):
         files.use_drive()
+
+
+# ---------------------------------------------------------------------------------------------
+# shown: a path as a person reads it
+
+
+def test_shown_names_a_path_from_the_working_folder_else_the_repository_else_home_else_in_full(tmp_path, monkeypatch):
+    work, home, elsewhere = tmp_path / "work", tmp_path / "home", tmp_path / "elsewhere"
+    for folder in (work, home, elsewhere):
+        folder.mkdir()
+    monkeypatch.chdir(work)
+    assert files.shown(work / "runs" / "x" / "best.pt", home) == "runs/x/best.pt"
+    assert files.shown("runs/x/../y/last.pt", home) == "runs/y/last.pt"
+    assert files.shown(work, home) == "."
+    assert files.shown(home / ".kaggle" / "kaggle.json", home) == "~/.kaggle/kaggle.json"
+    assert files.shown(home, home) == "~"
+    assert files.shown(elsewhere / "a.csv", home) == str(elsewhere / "a.csv")
+    (work / "drive").symlink_to(elsewhere)  # a link is not followed: the path stays as given
+    assert files.shown(work / "drive" / "a.csv", home) == "drive/a.csv"
+    if files._checkout():  # a notebook runs in notebooks/, and names the repository's runs from its root
+        assert files.shown(files._checkout() / "runs" / "cpu" / "best.pt", home) == "runs/cpu/best.pt"

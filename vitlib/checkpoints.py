@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .files import atomic_path, runs_dir, write_atomic
+from .files import atomic_path, runs_dir, shown, write_atomic
 from .models import ModelConfig, build_model, config_dict, count_parameters
 from .models import describe as describe_model
 from .presets import PRESETS
@@ -57,8 +57,11 @@ class CheckpointError(RuntimeError):
 
 
 def _shown(path: Path) -> str:
+    """A checkpoint as its messages name it: the file first ("last.pt in runs/cpu/"), its folder as files.shown says
+    it."""
     path = Path(path)
-    return f"{path.name} in {path.parent.name}/" if path.parent.name else path.name
+    folder = shown(path.parent)
+    return path.name if folder == "." else f"{path.name} in {folder.rstrip('/')}/"
 
 
 # ---------------------------------------------------------------------------------------------
