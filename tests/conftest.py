@@ -1,5 +1,8 @@
-"""Fixtures shared by the tests of files and checkpoints: the ids of a finished process and of a running one."""
+"""Fixtures shared by several test files: the ids of a finished process and of a running one, and the C++ compiler
+torch.compile needs on a CPU."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -21,3 +24,11 @@ def live_pid():
     yield child.pid
     child.kill()
     child.wait()
+
+
+@pytest.fixture(scope="session")
+def inductor_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend (inductor) builds its kernels with, where this machine has it:
+    $CXX, else g++ (clang++ on macOS), as torch._inductor.config.cpp.cxx names it; None without one. Inductor tries
+    no other name (not c++, cc or clang++ on Linux), so neither does this."""
+    return shutil.which(os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++"))

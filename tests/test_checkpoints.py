@@ -163,7 +163,7 @@ def test_an_unusable_checkpoint_is_one_line_that_names_the_file(tmp_path, spoil)
     make(path)
     with pytest.raises(checkpoints.CheckpointError, match=says) as error:
         checkpoints.load_model(path)
-    assert f"best.pt in {tmp_path.name}/" in one_line(str(error.value))
+    assert f"best.pt in {files.shown(tmp_path)}/" in one_line(str(error.value))  # the whole folder, not its name
 
 
 @pytest.mark.parametrize("spoil", UNUSABLE, ids=list(UNUSABLE))
@@ -176,7 +176,7 @@ def test_predict_with_an_unusable_checkpoint_prints_one_error_line_and_exits_2(t
     assert cli.main(["predict", "--checkpoint", str(path), "--data", str(tiny_folder), "--out", str(out),
                      "--device", "cpu"]) == 2
     err = one_line(capsys.readouterr().err)
-    assert err.startswith("error: ") and f"best.pt in {tmp_path.name}/" in err, err
+    assert err.startswith("error: ") and f"best.pt in {files.shown(tmp_path)}/" in err, err
     assert not out.exists()
 
 
@@ -205,7 +205,7 @@ def runs(tmp_path, monkeypatch) -> Path:
 def test_load_trained_skips_an_unusable_run_with_a_warning_and_falls_back_to_the_committed_one(runs, spoil):
     (runs / "x").mkdir(parents=True)
     UNUSABLE[spoil][0](runs / "x" / "best.pt")
-    with pytest.warns(UserWarning, match=r"^Skipped .*best\.pt in x/") as caught:
+    with pytest.warns(UserWarning, match=r"^Skipped .*best\.pt in .*/runs/x/") as caught:
         model, meta = checkpoints.load_trained()
     assert "\n" not in str(caught[0].message)
     assert meta["source"] == "committed checkpoint"
@@ -218,7 +218,7 @@ def test_load_trained_passes_over_a_newer_empty_run_to_an_older_good_one(runs):
     (runs / "broken").mkdir()
     empty(runs / "broken" / "best.pt")
     os.utime(runs / "good" / "best.pt", (1_000_000_000, 1_000_000_000))  # older than the broken one
-    with pytest.warns(UserWarning, match=r"Skipped best\.pt in broken/ is empty"):
+    with pytest.warns(UserWarning, match=r"Skipped best\.pt in .*/runs/broken/ is empty"):
         model, meta = checkpoints.load_trained()
     assert meta["source"] == "your run good"
     torch.testing.assert_close(model.state_dict(), state()["model"])
@@ -407,4 +407,4 @@ def test_resuming_a_tampered_last_pt_is_one_line_naming_what_is_wrong(tiny, tmp_
     torch.save(ckpt, run_dir / "last.pt")
     with pytest.raises(checkpoints.CheckpointError, match=TAMPERED[tamper][1]) as error:
         train.fit(PRESET, data=prepared, run_dir=run_dir, progress=False)
-    assert one_line(str(error.value)).startswith("last.pt in run/ cannot be resumed")
+    assert one_line(str(error.value)).startswith(f"last.pt in {files.shown(run_dir)}/ cannot be resumed")

@@ -45,6 +45,7 @@ def downloaded(env) -> subprocess.CompletedProcess:
     return run_module("download", "--data", "sample", env=env)
 
 
+@pytest.mark.slow
 def test_download_of_the_sample_exits_0(downloaded, env):
     assert downloaded.returncode == 0, downloaded.stderr
     assert "SYNTHETIC" in downloaded.stdout
@@ -52,6 +53,7 @@ def test_download_of_the_sample_exits_0(downloaded, env):
     assert sorted(os.listdir(os.path.join(root, "train")))[:2] == ["cat.0.jpg", "cat.1.jpg"]
 
 
+@pytest.mark.slow
 def test_a_bad_path_exits_2_with_a_clear_message(env, tmp_path):
     missing = tmp_path / "no-such-folder"
     out = run_module("download", "--data", str(missing), env=env)
@@ -60,6 +62,7 @@ def test_a_bad_path_exits_2_with_a_clear_message(env, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_require_real_refuses_the_sample(downloaded, env):
     out = run_module("download", "--data", "sample", "--require-real", env=env)
     assert out.returncode == 2
@@ -83,6 +86,7 @@ def as_user(env, monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_train_the_sample_preset_on_the_sample(downloaded, as_user, capsys):
     assert cli.main(["train", "--preset", "sample", "--data", "sample", "--epochs", "2", "--no-progress",
                      "--device", "cpu"]) == 0
@@ -102,6 +106,7 @@ def test_train_the_sample_preset_on_the_sample(downloaded, as_user, capsys):
     assert (run_dir / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_run_dir_of_another_recipe_exits_2(downloaded, as_user, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "1", "--no-progress", "--device", "cpu",
@@ -115,6 +120,7 @@ def test_a_run_dir_of_another_recipe_exits_2(downloaded, as_user, tmp_path, caps
     assert (run_dir / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_an_unknown_preset_exits_2(downloaded, as_user, capsys):
     assert exit_code(["train", "--preset", "nope", "--data", "sample", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -189,6 +195,7 @@ def test_a_bad_train_argument_exits_2_with_one_line_naming_it_and_writes_nothing
 
 
 @pytest.mark.parametrize(("argument", "value"), [("--epochs", "0"), ("--batch-size", "-4"), ("--device", "banana")])
+@pytest.mark.slow
 def test_a_bad_train_argument_is_one_line_on_the_real_stderr(argument, value, env, tmp_path):
     """The whole process, as a user runs it: exit 2, one line, no traceback, nothing written."""
     folders = {name: tmp_path / name for name in ("data", "runs")}
@@ -259,6 +266,7 @@ class Running:
             reader.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_exits_130_with_its_line_alone_and_the_run_resumes(downloaded, env, tmp_path):
     run_dir = tmp_path / "run"
     args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "50", "--device", "cpu", "--no-progress",
@@ -286,6 +294,7 @@ def test_ctrl_c_during_training_exits_130_with_its_line_alone_and_the_run_resume
     assert "Traceback" not in again.stderr and re.search(r"Interrupted (during|after) epoch", again.stdout)
 
 
+@pytest.mark.slow
 def test_set_changes_any_setting_and_the_checkpoint_records_it(downloaded, as_user, tmp_path, capsys):
     run_dir = tmp_path / "conv"
     args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "1", "--no-progress", "--device", "cpu",
@@ -301,6 +310,7 @@ def test_set_changes_any_setting_and_the_checkpoint_records_it(downloaded, as_us
                                                 ("model.image_size=80000", "image_size"),
                                                 ("cache_size=100000", "cache_size"), ("augment.scale=abc", "scale"),
                                                 ("name=../x", "name"), ("teacher=cnn", "teacher")])
+@pytest.mark.slow
 def test_a_bad_set_exits_2_naming_it_and_writes_nothing(downloaded, as_user, tmp_path, capsys, setting, named):
     run_dir = tmp_path / "bad"
     args = ["train", "--preset", "sample", "--data", "sample", "--epochs", "1", "--device", "cpu",

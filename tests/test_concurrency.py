@@ -4,7 +4,6 @@ Every test starts real processes with this interpreter and this checkout of vitl
 """
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from helpers import jpeg, listing
 
 import vitlib
 from vitlib import cli, data, sample, train
@@ -46,10 +45,6 @@ def wait_for(condition, what: str, procs=(), timeout=60.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-def listing(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
 @contextlib.contextmanager
@@ -107,15 +102,9 @@ print(json.dumps([p.name for p in extract.extract_zip(zip_path, dest)]))
 """
 
 
-def tiny_jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (12, 9), (200, 80, 40)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 def test_two_processes_extracting_the_same_zip_at_once_both_get_every_file_once(tmp_path):
     """Both succeed, the folder holds each entry exactly once, marked complete, with no staging or .old-N left."""
-    image = tiny_jpeg()
+    image = jpeg()
     names = [f"train/{kind}.{i}.jpg" for kind in ("cat", "dog") for i in range(N_FILES // 2)]
     zip_path = tmp_path / "train.zip"
     with zipfile.ZipFile(zip_path, "w") as zf:

@@ -1,4 +1,4 @@
-"""Writes on a full disk, and temporary files left by killed processes.
+"""Writes on a full disk, temporary files left by killed processes, and a path as a person reads it.
 
 A full disk is said in one line that names the folder; the earlier file stays byte for byte, and no
 temporary file is left. It is simulated two ways: a writer that writes part of the file and then
@@ -9,25 +9,17 @@ the kernel's own "No space left on device".
 import errno
 import hashlib
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import no_space, temporaries
 
-from vitlib import data, extract, files, sample, submit
+from vitlib import data, files, sample, submit
 
 HAS_DEV_FULL = os.path.exists("/dev/full")
 IDS = np.arange(1, 6)
-
-
-def no_space(code=errno.ENOSPC) -> OSError:
-    return OSError(code, os.strerror(code))
-
-
-def temporaries(folder: Path) -> list[str]:
-    return sorted(p.name for p in Path(folder).rglob("*") if p.name.endswith(".tmp") or ".partial" in p.name)
 
 
 def assert_one_line_naming(error: BaseException, folder: Path, what: str) -> None:
@@ -193,72 +185,6 @@ def test_a_really_full_device_while_zipping_the_sample_says_so_in_one_line(tmp_p
 
 
 # ---------------------------------------------------------------------------------------------
-# Extraction
-
-
-def make_zip(path: Path, names: list[str], payload: bytes) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name in names:
-            zf.writestr(name, payload)
-    return path
-
-
-def test_a_full_disk_while_extracting_says_so_keeps_the_earlier_folder_and_never_blames_the_zip(tmp_path,
-                                                                                                monkeypatch):
-    names = [f"train/cat.{i}.jpg" for i in range(3)] + [f"train/dog.{i}.jpg" for i in range(3)]
-    archive = make_zip(tmp_path / "train.zip", names, b"old")
-    dest = tmp_path / "out"
-    extract.extract_zip(archive, dest)
-    before = {p.name: p.read_bytes() for p in (dest / "train").iterdir()}
-    make_zip(archive, names, b"a newer, larger zip")  # changed: the next call extracts it again
-    zip_bytes = archive.read_bytes()
-
-    def one_file_then_full(self, path=None, members=None, pwd=None):
-        self.extract(self.namelist()[0], path)
-        raise no_space()
-
-    monkeypatch.setattr(zipfile.ZipFile, "extractall", one_file_then_full)
-    with pytest.raises(data.DataError) as error:
-        extract.extract_zip(archive, dest)
-    message = str(error.value)
-    assert "\n" not in message
-    assert f"no space left on {dest.resolve()}" in message and "train.zip" in message
-    assert "the zip is fine" in message and "delete" not in message.lower()
-    assert {p.name: p.read_bytes() for p in (dest / "train").iterdir()} == before
-    assert archive.read_bytes() == zip_bytes
-    assert temporaries(dest) == []
-
-
-def no_inodes(monkeypatch):
-    """A file system with bytes to spare and no free inode: it cannot hold one more file."""
-    real = os.statvfs
-
-    def statvfs(path):
-        stats = real(path)
-        return os.statvfs_result((*stats[:5], 1000, 0, 0, *stats[8:]))  # f_files, f_ffree, f_favail
-
-    monkeypatch.setattr(os, "statvfs", statvfs)
-
-
-def test_out_of_inodes_is_said_as_no_room_for_more_files_not_as_zero_gib(tmp_path, monkeypatch):
-    """Extracting thousands of small files onto a file system out of inodes once said "it needs about 0.0 GiB"."""
-    names = [f"train/cat.{i}.jpg" for i in range(3)] + [f"train/dog.{i}.jpg" for i in range(3)]
-    archive = make_zip(tmp_path / "train.zip", names, b"tiny")
-
-    def full(self, path=None, members=None, pwd=None):
-        raise no_space()
-
-    monkeypatch.setattr(zipfile.ZipFile, "extractall", full)
-    no_inodes(monkeypatch)
-    with pytest.raises(data.DataError) as error:
-        extract.extract_zip(archive, tmp_path / "out")
-    message = str(error.value)
-    assert "no room for more files on" in message and "no free inodes" in message and "6 files" in message
-    assert "GiB" not in message
-    assert "no room for more files" in str(files.disk_full(tmp_path, "last.pt"))
-
-
-# ---------------------------------------------------------------------------------------------
 # Temporary files of killed processes
 
 
@@ -336,3 +262,24 @@ def test_use_drive_says_what_to_do_when_drive_is_not_mounted_or_not_colab(tmp_pa
     monkeypatch.delitem(__import__("sys").modules, "google.colab", raising=False)
     with pytest.raises(files.PlaceError, match="Colab only; elsewhere use files.keep_in"):
         files.use_drive()
+
+
+# ---------------------------------------------------------------------------------------------
+# shown: a path as a person reads it
+
+
+def test_shown_names_a_path_from_the_working_folder_else_the_repository_else_home_else_in_full(tmp_path, monkeypatch):
+    work, home, elsewhere = tmp_path / "work", tmp_path / "home", tmp_path / "elsewhere"
+    for folder in (work, home, elsewhere):
+        folder.mkdir()
+    monkeypatch.chdir(work)
+    assert files.shown(work / "runs" / "x" / "best.pt", home) == "runs/x/best.pt"
+    assert files.shown("runs/x/../y/last.pt", home) == "runs/y/last.pt"
+    assert files.shown(work, home) == "."
+    assert files.shown(home / ".kaggle" / "kaggle.json", home) == "~/.kaggle/kaggle.json"
+    assert files.shown(home, home) == "~"
+    assert files.shown(elsewhere / "a.csv", home) == str(elsewhere / "a.csv")
+    (work / "drive").symlink_to(elsewhere)  # a link is not followed: the path stays as given
+    assert files.shown(work / "drive" / "a.csv", home) == "drive/a.csv"
+    if files._checkout():  # a notebook runs in notebooks/, and names the repository's runs from its root
+        assert files.shown(files._checkout() / "runs" / "cpu" / "best.pt", home) == "runs/cpu/best.pt"

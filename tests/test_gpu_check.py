@@ -5,9 +5,6 @@ The real check runs on a GPU machine without network; this dry run is how CI kno
 
 import importlib.util
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,17 +63,10 @@ def test_the_fresh_run_goes_from_the_zips_to_the_end_of_the_preset(result):
     assert result["seconds_in_all"] >= run["seconds_in_all"]
 
 
-def inductor_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend (inductor) builds its kernels with, where this machine has it:
-    $CXX, else g++ (clang++ on macOS), as torch._inductor.config.cpp.cxx names it. Inductor tries no other name
-    (not c++, cc or clang++ on Linux), so neither does this."""
-    return shutil.which(os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++"))
-
-
-def test_the_compiled_step_is_measured_against_the_eager_one(result):
+def test_the_compiled_step_is_measured_against_the_eager_one(result, inductor_compiler):
     step = result["compiled_step"]
     assert step["preset"] == "sample" and step["eager_images_per_s"] > 0
-    if inductor_compiler() is None:
+    if inductor_compiler is None:
         assert step["compile_error"]  # the check goes on without it, the error recorded in the JSON
         pytest.skip("no C++ compiler for torch.compile's CPU backend ($CXX, else g++): the compiled step is not "
                     "measured here (its error is recorded, checked above)")

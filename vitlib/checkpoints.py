@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .files import atomic_path, runs_dir, write_atomic
+from .files import atomic_path, runs_dir, shown, write_atomic
 from .models import ModelConfig, build_model, config_dict, count_parameters
 from .models import describe as describe_model
 from .presets import PRESETS
@@ -59,8 +59,11 @@ class CheckpointError(RuntimeError):
 
 
 def _shown(path: Path) -> str:
+    """A checkpoint as its messages name it: the file first ("last.pt in runs/cpu/"), its folder as files.shown says
+    it."""
     path = Path(path)
-    return f"{path.name} in {path.parent.name}/" if path.parent.name else path.name
+    folder = shown(path.parent)
+    return path.name if folder == "." else f"{path.name} in {folder.rstrip('/')}/"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +191,8 @@ def _finite_weights(state: Mapping) -> bool:
 
 
 def _finite(value) -> bool:
+    """models.finite_number, widened to numbers.Real: a history may hold numpy numbers (np.float32, np.int64), which
+    are not int or float. One check once finite_number accepts numbers.Real (not bool) too."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -14,6 +14,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .files import shown
+
 COMPETITION = "dogs-vs-cats-redux-kernels-edition"
 ORIGINAL_COMPETITION = "dogs-vs-cats"
 
@@ -80,7 +82,7 @@ def credential_source(env: dict | None = None, home: Path | None = None) -> str 
         return "KAGGLE_USERNAME/KAGGLE_KEY"
     config = kaggle_config_dir(env, home) / "kaggle.json"
     if config.is_file():
-        return _shown(config, home)
+        return shown(config, home)
     if (home / ".kaggle" / "credentials.json").is_file():
         return OAUTH
     return None
@@ -103,7 +105,7 @@ def check_credentials(env: dict | None = None, home: Path | None = None) -> str:
     env = os.environ if env is None else env
     home = Path.home() if home is None else Path(home)
     config = kaggle_config_dir(env, home) / "kaggle.json"
-    file = _shown(config, home)
+    file = shown(config, home)
     data, problem = _read_kaggle_json(config, file) if config.is_file() else (None, None)
     if data and not isinstance(data, dict) and any(name.startswith("KAGGLE_") for name in env):
         raise KaggleError(problem)  # kaggle copies every KAGGLE_* variable into it and crashes, token or not
@@ -164,14 +166,6 @@ def _read_kaggle_json(path: Path, file: str) -> tuple[object, str | None]:
         return data, None
     kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(data), "a number")
     return data, f'{file} is not a JSON object but {kind}; it must be {{"username": "...", "key": "..."}}.' + fix
-
-
-def _shown(path: Path, home: Path) -> str:
-    """`path` as the user knows it: ~ for the home folder."""
-    try:
-        return "~/" + path.relative_to(home).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def kaggle_config_dir(env: dict, home: Path) -> Path:

@@ -31,12 +31,43 @@ PROGRESS_ENV = "VITLIB_PROGRESS"  # "0": no progress bars (headless runs, whose 
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def _checkout() -> Path | None:
+    """The repository's folder when vitlib runs from a source checkout, else None (Colab, pip installs)."""
+    repo = Path(__file__).resolve().parent.parent
+    return repo if (repo / "pyproject.toml").is_file() and (repo / "notebooks").is_dir() else None
+
+
 def project_dir(sub: str) -> Path:
     """`<repo>/<sub>` in a source checkout, else `./<sub>` (Colab, pip installs)."""
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").is_file() and (repo / "notebooks").is_dir():
-        return repo / sub
-    return Path.cwd() / sub
+    return (_checkout() or Path.cwd()) / sub
+
+
+def shown(path, home: Path | None = None) -> str:
+    """`path` as a person reads it, and as saved outputs may show it: relative to the working folder when inside it
+    ("." for that folder), else to the repository of a source checkout (a notebook runs in notebooks/, its runs are
+    in runs/), else `~/...` under the home folder (`home`, default the user's), else the absolute path.
+
+    The one way messages and outputs name a file. Links are not followed, except to find that a path reached
+    through one lies in one of those folders."""
+    home = Path.home() if home is None else Path(home)
+    given = Path(os.path.abspath(Path(path).expanduser()))
+    places = [(Path.cwd(), ""), (home, "~/")]
+    if _checkout():
+        places.insert(1, (_checkout(), ""))
+    for base, prefix in places:
+        for inside in (given, _resolved(given)):
+            for folder in (Path(os.path.abspath(base)), _resolved(base)):
+                if inside.is_relative_to(folder):
+                    rest = inside.relative_to(folder).as_posix()
+                    return prefix + rest if rest != "." else prefix.rstrip("/") or "."
+    return str(given)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a loop of links
+        return path
 
 
 def data_dir() -> Path:

@@ -25,7 +25,7 @@ from .checkpoints import load_model
 from .data import CLASSES, SHIPPED, DataWarning, DogsVsCats, index_images, validation_split
 from .device import pick_device
 from .explore import show_files
-from .files import atomic_path, runs_dir
+from .files import atomic_path, shown
 from .metrics import image_losses, log_loss
 from .plots import GROUP_COLORS
 from .predict import predict_split
@@ -261,15 +261,6 @@ def write_submission(frame: pd.DataFrame, path: Path, ids, source: str = "the ex
     return good
 
 
-def shown_path(path: Path) -> str:
-    """`path` as outputs show it: relative to the working folder or the repository, never a machine's folders."""
-    path = Path(path).resolve()
-    for base in (Path.cwd(), runs_dir().parent):
-        if path.is_relative_to(base.resolve()):
-            return path.relative_to(base.resolve()).as_posix()
-    return path.name
-
-
 # ---------------------------------------------------------------------------------------------
 # Kaggle, and the whole job
 
@@ -316,7 +307,7 @@ def predict_to_csv(checkpoint, ds: DogsVsCats, out: Path, tta: bool = True, cali
     model, meta = load_model(checkpoint, device)
     pred = make_predictions(model, meta, ds, tta, calibrate, device)
     frame = write_submission(pred.submission, out, ids, source)
-    print(f"{pred.summary()}\nwrote {shown_path(out)}: {len(frame):,} rows, ids checked against {source}")
+    print(f"{pred.summary()}\nwrote {shown(out)}: {len(frame):,} rows, ids checked against {source}")
     if submit_message is not None:
         submit_file(out, ds, submit_message)
     return frame
