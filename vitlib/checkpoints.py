@@ -192,7 +192,8 @@ def _finite_weights(state: Mapping) -> bool:
 
 def _finite(value) -> bool:
     """models.finite_number, widened to numbers.Real: a history may hold numpy numbers (np.float32, np.int64), which
-    are not int or float. One check once finite_number accepts numbers.Real (not bool) too."""
+    are not int or float. Kept apart on purpose: a preset setting must stay a plain int or float, because a numpy
+    number in a preset would make its checkpoint unreadable under weights_only."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
