@@ -289,7 +289,7 @@ class Run:
     precision: Precision | None = None  # what it trained and validated in (None: the device's mixed precision)
 
     def best_model(self) -> nn.Module:
-        return load_model(self.run_dir / "best.pt", self.device)[0]
+        return load_model(RunDir(self.run_dir).best, self.device)[0]
 
     def val_predictions(self, model: nn.Module | None = None) -> pd.DataFrame:
         """The validation split as `model` (default: the best epoch's) predicts it, in the run's precision: file, id,
@@ -322,8 +322,8 @@ def fit(preset: Preset, data: TrainData, run_dir: RunDir | Path | None = None, r
                         else f"already trained: {len(rows)} epochs")
         state.trained = wrap(state.model, world, device)
         state.trained = torch.compile(state.trained) if compile else state.trained
-        loss_fn, augment = make_loss(preset, teacher), BatchAugment(preset.augment, preset.model.num_classes,
-                                                                    preset.model.image_size)
+        loss_fn = make_loss(preset, teacher)
+        augment = BatchAugment(preset.augment, preset.model.num_classes, preset.model.image_size)
         clock = _Clock(data.setup_s, rows)
         best = min((r["val_loss"] for r in rows), default=float("inf"))
         epoch = saved = len(rows)
