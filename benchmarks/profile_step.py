@@ -72,19 +72,26 @@ def label_parts(model: nn.Module) -> list:
             if part is None:
                 visit(child, f"{prefix}{name}.")
                 continue
-            if id(child) in seen:
+            if isinstance(child, nn.ModuleList):  # never called itself: its members are (the CNN's blocks)
+                for member in child:
+                    label(member, part)
                 continue
-            seen.add(id(child))
-            ranges = []
+            label(child, part)
 
-            def enter(mod, args, part=part, ranges=ranges):
-                ranges.append(record_function(f"part:{part}"))
-                ranges[-1].__enter__()
+    def label(child: nn.Module, part: str):
+        if id(child) in seen:
+            return
+        seen.add(id(child))
+        ranges = []
 
-            def leave(mod, args, out, ranges=ranges):
-                ranges.pop().__exit__(None, None, None)
+        def enter(mod, args):
+            ranges.append(record_function(f"part:{part}"))
+            ranges[-1].__enter__()
 
-            handles.extend([child.register_forward_pre_hook(enter), child.register_forward_hook(leave)])
+        def leave(mod, args, out):
+            ranges.pop().__exit__(None, None, None)
+
+        handles.extend([child.register_forward_pre_hook(enter), child.register_forward_hook(leave)])
 
     visit(model)
     return handles
