@@ -43,7 +43,7 @@ def _train(args) -> int:
     folder = RunDir.for_run(preset, ds.identity, args.run_dir)
     with contextlib.ExitStack() as held:  # rank 0 holds the folder and reads it once, before the images are cached;
         # a refusal ends every process at once
-        world.once(lambda: held.enter_context(folder.open(preset, ds.identity, not args.fresh, world.size)) and None)
+        world.once(lambda: held.enter_context(folder.open(preset, ds.identity, not args.fresh, world.size)).path)
         data = prepare_training_data(ds, preset, device, world=world)
         run = fit(preset, data, run_dir=folder, resume=not args.fresh,
                   progress=False if args.no_progress else None, compile=args.compile, mixed_precision=not args.fp32)

@@ -9,16 +9,14 @@ Everything that predicts goes through here: validation during training (`train`)
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from . import device as devices
 from .augment import normalize
 from .cache import ImageCache
+from .device import Precision
 
 
 @torch.inference_mode()
@@ -29,12 +27,13 @@ def predict_proba(
     """P(dog) for uint8 images (N, 3, S, S), in batches; with `tta`, averaged with the mirror image; in the device's
     mixed precision unless `mixed_precision` is off."""
     device = device or next(model.parameters()).device
+    precision = Precision.of(device, mixed_precision)
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device, non_blocking=True))
-        with devices.autocast(device) if mixed_precision else contextlib.nullcontext():
+        with precision.autocast():
             p = model(x).float().softmax(-1)[:, 1]
             if tta:
                 p = (p + model(x.flip(-1)).float().softmax(-1)[:, 1]) / 2
