@@ -217,6 +217,11 @@ ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m 
     **{f"cpu-full-meanpool-local-seed{seed}": [*CPU_ROW, "model.pool=mean", "model.attention=full",
                                                "model.kv_init=uniform", "model.mlp=local", f"seed={seed}"]
        for seed in (1, 2)},
+    # the hour-long recipe (cpu-long: 80 epochs, crops of 35-100 %, row conv-96px-p16-80ep-heads4-crop35) with the
+    # search's changes (mean pooling, full attention, the depthwise convolution in every MLP): the ViT to ship
+    "cpu-long-full-meanpool-local": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=80",
+                                     "model.heads=4", "augment.scale=[0.35, 1.0]", "model.pool=mean",
+                                     "model.attention=full", "model.kv_init=uniform", "model.mlp=local"],
     # the data curve: the cpu recipe (21 epochs) and the reference CNN (36 epochs) on nested subsets of the 16,000
     # training photos, validated on the same 4,000; at 16,000 they are conv-96px-p16-21ep-heads4 and cnn-96px-36ep
     **{f"data-{n}-vit": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21",
@@ -225,7 +230,8 @@ ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m 
                          "epochs=36", f"train_images={n}"] for n in DATA_CURVE},
 }
 SEARCH_ROWS = ("cpu-meanpool", "cpu-full-meanpool", "cpu-full-meanpool-local", "cpu-full-meanpool-local-ema",
-               "cnn-96px-36ep-ema", "cpu-full-meanpool-local-seed1", "cpu-full-meanpool-local-seed2")  # SEARCH_RECORD
+               "cnn-96px-36ep-ema", "cpu-full-meanpool-local-seed1", "cpu-full-meanpool-local-seed2",
+               "cpu-long-full-meanpool-local")  # SEARCH_RECORD
 
 
 def record_of(name: str) -> Path:
