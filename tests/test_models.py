@@ -102,9 +102,9 @@ def test_committed_checkpoints_load_with_their_provenance():
         model, meta = checkpoints.load_trained(path, kind=kind)
         assert {"command", "data", "val_acc", "val_log_loss"} <= set(meta["provenance"])
         assert meta["data"].startswith("real photos") and meta["source"] == "committed checkpoint"
-        if kind == "cpu":  # the cpu preset's own model, trained by its own recipe
+        if kind in ("cpu", "cpu-long"):  # the preset's own model, trained by its own recipe
             # (a setting added since it was saved reads as its default: Preset.from_dict)
-            assert model.config == get_preset("cpu").model and Preset.from_dict(meta["preset"]) == get_preset("cpu")
+            assert model.config == get_preset(kind).model and Preset.from_dict(meta["preset"]) == get_preset(kind)
         elif kind == "cnn":  # the reference CNN (ablation row cnn-96px-36ep-seed1), notebook 05's DeiT teacher
             assert model.config.family == "cnn" and meta["preset"]["epochs"] == 36
             assert model.config.image_size == get_preset("cpu").model.image_size  # it sees the student's batch
@@ -135,7 +135,13 @@ def test_load_trained_takes_your_newest_run_of_the_kind_asked_for(tmp_path, monk
     assert checkpoints.load_trained(kind="linformer")[1]["source"] == "your run plain"
     assert checkpoints.load_trained(kind="cpu")[1]["source"] == "your run cpu"
     assert checkpoints.load_trained(kind="full")[1]["source"] == "committed checkpoint"
-    with pytest.raises(ValueError, match="kind must be one of 'linformer', 'full', 'cpu', 'cnn', not 'conv'"):
+    # cpu-long is the cpu model trained by the cpu-long preset: a cpu run is not one, a cpu-long run is
+    assert checkpoints.load_trained(kind="cpu-long")[1]["source"] == "committed checkpoint"
+    _save_run(tmp_path, "cpu-long", get_preset("cpu-long").model, mtime=saved - 1)
+    assert checkpoints.load_trained(kind="cpu-long")[1]["source"] == "your run cpu-long"
+    assert checkpoints.load_trained(kind="cpu")[1]["source"] == "your run cpu"  # the newer of the two
+    kinds = "'linformer', 'full', 'cpu', 'cpu-long', 'cnn'"
+    with pytest.raises(ValueError, match=f"kind must be one of {kinds}, not 'conv'"):
         checkpoints.load_trained(kind="conv")
 
 
@@ -261,7 +267,7 @@ def test_the_reference_cnn_has_the_conv_stem_and_no_attention():
 # What this machine can hold, refused before anything is allocated
 
 ROWS = [get_preset(name).model for name in ("sample", "cpu-plain", "cpu", "cpu-full", "seed", "gpu")] + [
-    get_preset("cpu").model.replace(family="cnn"), get_preset("cpu-plain").model.replace(attention="lsa", stem="spt")]
+    get_preset("cpu").model.replace(family="cnn", mlp="linear"), get_preset("cpu-plain").model.replace(attention="lsa", stem="spt")]
 
 
 @pytest.mark.parametrize("cfg", ROWS, ids=lambda cfg: f"{cfg.family}-{cfg.attention}-{cfg.stem}-{cfg.image_size}px")
@@ -334,3 +340,16 @@ def test_every_block_of_a_local_vit_has_a_local_mlp_whatever_its_tokens(attentio
 def test_a_local_mlp_is_refused_where_there_is_no_vit_block_to_put_it_in(change):
     with pytest.raises(ValueError, match="local MLP"):
         get_preset("cpu").model.replace(mlp="local", **change)
+
+
+@pytest.mark.parametrize("attention", ["linformer", "full", "lsa"])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_seq_len_and_describe_count_the_tokens_the_model_has(attention, pool):
+    """vit-pytorch's standard ViT drops its CLS token when it pools the mean (the `cpu` preset's 36 tokens, not 37);
+    the efficient and small-data ViTs keep theirs. The positions the model learns say how many tokens it sees."""
+    cfg = get_preset("cpu-plain").model.replace(attention=attention, pool=pool, kv_init="uniform")
+    model = models.build_model(cfg)
+    assert model.pos_embedding.numel() // cfg.dim == cfg.seq_len == cfg.num_patches + model.cls_token.numel() // cfg.dim
+    text = models.describe(model)
+    assert f"= {cfg.seq_len} tokens" in text and ("+ CLS" in text) == (model.cls_token.numel() > 0)
+    assert ("the tokens' mean" in text) == (pool == "mean")

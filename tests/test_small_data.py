@@ -1,6 +1,7 @@
 """Notebook 05's helpers: receptive fields, SPT's views, LSA's view of attention, the ablation table, speed."""
 
 import math
+import re
 import time
 
 import matplotlib.pyplot as plt
@@ -11,7 +12,7 @@ import torch
 from matplotlib.colors import same_color
 
 from vitlib import models, small_data
-from vitlib.presets import get_preset
+from vitlib.presets import get_preset, with_text_settings
 
 CFG = models.ModelConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=4, k=16)
 
@@ -97,6 +98,18 @@ def test_the_ablation_table_reads_each_runs_best_checkpoint_and_its_changes():
     curves = [line for line in fig.axes[0].lines if line.get_label() in ("plain", "conv")]
     assert [c.get_linestyle() for c in curves] == ["-", "--"]  # the runs named as CNNs dashed
     assert len(fig.axes[0].lines) == len(fig.axes[1].lines) == 2 + 1  # a curve per run, and the 15-minute mark
+
+
+def test_the_second_rounds_table_counts_each_rows_changes_from_the_first_cpu_recipe():
+    """What the table names as a row's changes, applied to the first round's cpu recipe, is the row's recipe."""
+    names = ["cpu-meanpool", "cpu-full-meanpool-local", "cpu-long-full-meanpool-local"]
+    table = small_data.search_table(pd.concat([_history(name, [0.8, 0.85], [0.4, 0.35]) for name in names]))
+    assert table.loc["cpu-meanpool", "changes"] == "model.pool=mean"  # nothing of the first cpu recipe repeated
+    assert "epochs=80" in table.loc["cpu-long-full-meanpool-local", "changes"]
+    first = small_data.row_recipe(small_data.FIRST_CPU_ROW)
+    for name in names:
+        changed = with_text_settings(first, re.split(r", (?=[\w.]+=)", table.loc[name, "changes"]))
+        assert changed == small_data.row_recipe(name), name
 
 
 def test_the_ablation_plot_draws_more_runs_than_it_has_colours():
@@ -229,9 +242,11 @@ def test_a_run_keeps_its_colour_from_one_ablation_plot_to_the_next_and_is_never_
 
 
 def test_the_ablation_legend_names_the_preset_a_run_became():
-    assert small_data.preset_of_row("conv-96px-p16-21ep-heads4") == "cpu"
-    assert small_data.preset_of_row("conv-96px-p16-80ep-heads4-crop35") == "cpu-long"
+    """The second round's rows are the presets now; the first round's winners (the first cpu and cpu-long) are not."""
+    assert small_data.preset_of_row("cpu-full-meanpool-local") == "cpu"
+    assert small_data.preset_of_row("cpu-long-full-meanpool-local") == "cpu-long"
+    assert small_data.preset_of_row(small_data.FIRST_CPU_ROW) is None
     assert small_data.preset_of_row("conv-stem") is None and small_data.preset_of_row("not-a-row") is None
-    runs = _history("conv-96px-p16-21ep-heads4", [0.7, 0.8], [0.6, 0.5])
+    runs = _history("cpu-full-meanpool-local", [0.7, 0.8], [0.6, 0.5])
     labels = [t.get_text() for t in small_data.plot_ablation(runs).legends[0].get_texts()]
-    assert labels == ["conv-96px-p16-21ep-heads4 (the `cpu` preset)"]
+    assert labels == ["cpu-full-meanpool-local (the `cpu` preset)"]

@@ -472,6 +472,23 @@ def test_export_keeps_the_best_weights_and_the_whole_history(finished, tmp_path,
     pd.testing.assert_frame_equal(checkpoints.reference_runs(), runs, check_dtype=False)
 
 
+def test_export_as_a_shipped_preset_carries_that_preset_only_when_the_recipe_is_the_same(finished, tmp_path,
+                                                                                         monkeypatch):
+    """An ablation row trains a shipped recipe under the base preset's name (cpu-long as `cpu-plain` with settings);
+    shipped, it says which preset it is. A run of another recipe is refused, and nothing is written."""
+    ran = checkpoints.load_checkpoint(finished.run_dir / "best.pt")["preset"]
+    same = Preset.from_dict(ran).replace(name="shipped", about="the same recipe, shipped under its own name")
+    monkeypatch.setitem(checkpoints.PRESETS, "shipped", same)
+    out = tmp_path / "shipped.pt"
+    assert checkpoints.export_checkpoint(finished.run_dir, out, command="pytest", as_preset="shipped")["preset"] == (
+        "shipped")
+    assert checkpoints.load_checkpoint(out)["preset"] == same.to_dict()
+    monkeypatch.setitem(checkpoints.PRESETS, "other", same.replace(name="other", epochs=same.epochs + 1))
+    with pytest.raises(checkpoints.CheckpointError, match="trained another recipe than the other preset"):
+        checkpoints.export_checkpoint(finished.run_dir, tmp_path / "other.pt", command="pytest", as_preset="other")
+    assert not (tmp_path / "other.pt").exists()
+
+
 def test_a_run_is_recorded_in_another_csv_with_the_command_that_reproduces_it(finished, tmp_path, monkeypatch):
     """The ablation's record: the shipped reference runs are left alone, and each row carries its command."""
     monkeypatch.setattr(checkpoints, "REFERENCE_RUNS", tmp_path / "reference-runs.csv")

@@ -40,7 +40,7 @@ from . import __version__
 from .files import atomic_path, runs_dir, shown, write_atomic
 from .models import ModelConfig, build_model, config_dict, count_parameters
 from .models import describe as describe_model
-from .presets import PRESETS
+from .presets import PRESETS, Preset
 
 CHECKPOINT_FORMAT = 2  # 2: data_id added
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -48,6 +48,7 @@ PRETRAINED = {  # the committed trained models, by kind (see load_trained)
     "linformer": PRETRAINED_DIR / "vit-linformer-cpu.pt",  # the plain ViT (patch embedding, Linformer): cpu-plain
     "full": PRETRAINED_DIR / "vit-full-cpu.pt",  # the same with full attention: cpu-full
     "cpu": PRETRAINED_DIR / "vit-cpu.pt",  # the `cpu` preset's model: the best a 2-core CPU trains in 15 minutes
+    "cpu-long": PRETRAINED_DIR / "vit-cpu-long.pt",  # the same model trained for an hour (`cpu-long`): the best ViT
     "cnn": PRETRAINED_DIR / "cnn-cpu.pt",  # the reference CNN of notebook 05, and the teacher distillation learns from
 }
 REFERENCE_RUNS = PRETRAINED_DIR / "reference-runs.csv"
@@ -308,10 +309,12 @@ def load_trained(path=None, kind: str = "linformer", device="cpu") -> tuple[nn.M
     """A trained model to look at: `path`, else your own best real-photo run of that `kind`, else the committed one.
 
     kind: "linformer" or "full", the plain ViT with that attention (one linear map per patch: notebooks 02 and
-    03 look inside it); "cpu", the `cpu` preset's model (notebooks 04-06); "cnn", the reference CNN (05). Your
-    own: the newest `runs/*/best.pt` of that kind trained on real photos (notebook 04 writes one); one that cannot
-    be read or built is skipped with a warning. The committed checkpoints (vitlib/pretrained/) were written by vitlib's
-    own training code; meta["provenance"] says with what command, data and result.
+    03 look inside it); "cpu", the `cpu` preset's model (notebooks 04, 05 and 07); "cpu-long", the same model
+    trained by the `cpu-long` preset for an hour, the best ViT (06); "cnn", the reference CNN (05). Your own: the
+    newest `runs/*/best.pt` of that kind trained on real photos (notebook 04 writes one; for "cpu-long", a run of
+    that preset); one that cannot be read or built is skipped with a warning. The committed checkpoints
+    (vitlib/pretrained/) were written by vitlib's own training code; meta["provenance"] says with what command,
+    data and result.
     """
     if kind not in PRETRAINED:
         raise ValueError(f"kind must be one of {', '.join(map(repr, PRETRAINED))}, not {kind!r}")
@@ -321,7 +324,8 @@ def load_trained(path=None, kind: str = "linformer", device="cpu") -> tuple[nn.M
         for own in sorted(runs_dir().glob("*/best.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
                 candidate = load_checkpoint(own)
-                if not _is_kind(candidate.get("model_config"), kind) or candidate["data_id"].get("kind") == "sample":
+                if not _is_kind(candidate.get("model_config"), kind, _preset_name(candidate)) or (
+                        candidate["data_id"].get("kind") == "sample"):
                     continue  # another kind of model, or the sample: not what was asked for
                 found = model_from_checkpoint(candidate, device, own)  # a CheckpointError if it cannot be used
             except CheckpointError as e:
@@ -336,17 +340,23 @@ def load_trained(path=None, kind: str = "linformer", device="cpu") -> tuple[nn.M
     return model, meta
 
 
-def _is_kind(config, kind: str) -> bool:
+def _preset_name(ckpt: dict) -> str | None:
+    """The name of the preset a checkpoint was trained with (None where it does not say)."""
+    preset = ckpt.get("preset")
+    return preset.get("name") if isinstance(preset, dict) else None
+
+
+def _is_kind(config, kind: str, preset: str | None = None) -> bool:
     """Whether a checkpoint's model_config is a model of `kind` (a config that cannot be built is let through, for
-    model_from_checkpoint to report)."""
+    model_from_checkpoint to report); "cpu-long" is the cpu model trained by the preset of that name (`preset`)."""
     if not isinstance(config, dict):
         return True
     try:
         cfg = ModelConfig(**config)
     except (TypeError, ValueError):
         return True
-    if kind == "cpu":
-        return cfg == PRESETS["cpu"].model
+    if kind in ("cpu", "cpu-long"):
+        return cfg == PRESETS[kind].model and (kind == "cpu" or preset == kind)
     if kind == "cnn":
         return cfg.family == "cnn"
     return cfg.family == "vit" and cfg.stem == "patch" and cfg.attention == kind
@@ -379,12 +389,20 @@ def describe(model: nn.Module, meta: dict | None = None) -> str:
 # Sharing a run: a small export, and reference histories
 
 
-def export_checkpoint(run_dir: Path, out: Path, command: str) -> dict:
+def export_checkpoint(run_dir: Path, out: Path, command: str, as_preset: str | None = None) -> dict:
     """Write the best weights of a run as a small fp16 checkpoint, with its provenance beside it (JSON).
 
-    The weights come from best.pt, the history (the whole run's) from last.pt.
+    The weights come from best.pt, the history (the whole run's) from last.pt. `as_preset` names the shipped preset
+    whose recipe the run trained under another name (an ablation row's `cpu-plain` with settings): the recipes must be
+    the same but for name and description, and the checkpoint then carries that preset.
     """
     ckpt = load_checkpoint(Path(run_dir) / "best.pt")
+    if as_preset is not None:
+        shipped, ran = PRESETS[as_preset], Preset.from_dict(ckpt["preset"])
+        if ran.replace(name=shipped.name, about=shipped.about) != shipped:
+            raise CheckpointError(f"{shown(run_dir)} trained another recipe than the {as_preset} preset: export it "
+                                  "without as_preset, or train that preset")
+        ckpt["preset"] = shipped.to_dict()
     history = pd.DataFrame(load_checkpoint(Path(run_dir) / "last.pt")["history"])
     best = checkpoint_epoch({"history": history.to_dict("list"), "epoch": ckpt["epoch"]})
     if best is None:

@@ -103,9 +103,15 @@ class ModelConfig:
         return self.grid**2
 
     @property
+    def cls_tokens(self) -> int:
+        """1 where the model has a CLS token; vit-pytorch's standard ViT has none when it pools the tokens' mean."""
+        return 0 if self.attention == "full" and self.pool == "mean" else 1
+
+    @property
     def seq_len(self) -> int:
-        """Tokens the transformer sees: the patches, the CLS token and, with `distill`, the distillation token."""
-        return self.num_patches + 1 + self.distill
+        """Tokens the transformer sees: the patches, the CLS token if any and, with `distill`, the distillation
+        token."""
+        return self.num_patches + self.cls_tokens + self.distill
 
     @property
     def patch_dim(self) -> int:
@@ -405,8 +411,11 @@ def describe(model: nn.Module) -> str:
     kind = {"linformer": f"efficient ViT + Linformer (k = {cfg.k})", "full": "standard ViT (full attention)",
             "lsa": "small-data ViT (locality self-attention)"}[cfg.attention]
     stem = {"patch": "patch", "spt": "shifted patches (SPT), patch", "conv": "conv stem, patch"}[cfg.stem]
+    grid = f"{cfg.grid}x{cfg.grid} tokens" + (" + CLS" if cfg.cls_tokens else "")
+    extras = "".join((", the tokens' mean for the answer" if cfg.pool == "mean" else "",
+                      ", a 3x3 depthwise conv in each MLP" if cfg.mlp == "local" else ""))
     return (
-        f"{kind}: {cfg.image_size} px, {stem} {cfg.patch_size} -> {cfg.grid}x{cfg.grid} tokens + CLS = "
-        f"{tokens}, dim {cfg.dim} = {cfg.heads} heads x {cfg.dim // cfg.heads}, depth {cfg.depth}, "
+        f"{kind}: {cfg.image_size} px, {stem} {cfg.patch_size} -> {grid} = "
+        f"{tokens}, dim {cfg.dim} = {cfg.heads} heads x {cfg.dim // cfg.heads}, depth {cfg.depth}{extras}, "
         f"{size}"
     )

@@ -1,8 +1,8 @@
 """Named training recipes, each a small readable config.
 
 `seed` is the seed notebook's recipe as it actually ran (its StepLR was never stepped, so the learning
-rate stayed 3e-5). `cpu` is the best a 2-core CPU trains in about 15 minutes (chosen by the ablation in
-notebook 05), `cpu-long` the same model for about an hour, with wider crops; `cpu-plain` is the plain
+rate stayed 3e-5). `cpu` is the best a 2-core CPU trains in about 15 minutes (chosen by the ablation and the
+search in notebook 05), `cpu-long` the same model for about an hour, with wider crops; `cpu-plain` is the plain
 ViT notebooks 02 and 03 look inside (one linear map per patch, as the seed), and `cpu-full` the same
 with full attention, for comparison. `gpu` is the recipe for a CUDA GPU (not yet measured on one).
 `sample` runs in seconds on the synthetic sample for CI.
@@ -156,10 +156,10 @@ PRESETS = {
     ),
     "cpu": Preset(
         name="cpu",
-        about="a 2-core CPU, about 15 minutes: a conv stem makes 96 px photos 6x6 tokens, four heads of 32 dims "
-              "(notebook 05's ablation)",
+        about="a 2-core CPU, about 15 minutes: a conv stem makes 96 px photos 6x6 tokens, four heads of 32 dims, "
+              "full attention, a depthwise convolution in each MLP, the tokens' mean for the answer (notebook 05)",
         model=ModelConfig(image_size=96, patch_size=16, dim=128, depth=6, heads=4, k=64, pos_init_std=0.02,
-                          kv_init="identity", stem="conv"),
+                          kv_init="uniform", stem="conv", attention="full", pool="mean", mlp="local"),
         epochs=21, batch_size=128, lr=1e-3,
         augment=AugmentConfig(scale=(0.7, 1.0)),
     ),

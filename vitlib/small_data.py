@@ -128,8 +128,8 @@ def plot_lsa(weights: dict[str, torch.Tensor], title: str) -> plt.Figure:
 # The ablation: recorded runs, one row each
 
 ABLATION_RECORD = Path(__file__).parent / "pretrained" / "ablation-cpu.csv"  # what benchmarks/ablation.py recorded
-# issue 31's search for a steadier cpu recipe is recorded apart until it is done, so that notebook 05, which draws from
-# ABLATION_RECORD, changes once, with its prose
+# the second round (issue 31's search for a steadier cpu recipe, and the presets it changed) is recorded apart: notebook
+# 05 draws the first round from ABLATION_RECORD and the second from SEARCH_RECORD
 SEARCH_RECORD = ABLATION_RECORD.with_name("search-cpu.csv")
 ABLATION_BASE = "cpu-plain"  # the plain ViT every row starts from
 CPU_ROW = ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21", "model.heads=4"]  # cpu
@@ -347,6 +347,21 @@ def ablation_runs() -> pd.DataFrame:
     return reference_runs(ABLATION_RECORD)
 
 
+def search_runs() -> pd.DataFrame:
+    """The second round (SEARCH_ROWS), recorded as ablation_runs() records the first."""
+    return reference_runs(SEARCH_RECORD)
+
+
+FIRST_CPU_ROW = "conv-96px-p16-21ep-heads4"  # the first round's 15-minute winner, the recipe the second round changed
+
+
+def search_table(runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The second round as an ablation_table (`runs`, by default search_runs()), each row's changes counted from the
+    first round's cpu recipe (FIRST_CPU_ROW) rather than from the plain ViT."""
+    rows = {name: [s for s in ABLATION_ROWS[name] if s not in CPU_ROW] for name in SEARCH_ROWS}
+    return ablation_table(search_runs() if runs is None else runs, base=row_recipe(FIRST_CPU_ROW), rows=rows)
+
+
 def ablation_table(runs: pd.DataFrame | None = None, base: Preset | None = None,
                    rows: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """One line per recorded run (`runs`, by default ablation_runs()): what it changed from `base` (by default
@@ -434,7 +449,7 @@ def plot_data_curve(curve: pd.DataFrame, source: str | None = None) -> plt.Figur
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("val acc", "val log loss"), strict=True):
         for kind, style in (("vit", "o-"), ("cnn", "s--")):
-            ax.plot(curve.index, curve[(metric, kind)], style, label="ViT (cpu recipe)" if kind == "vit" else
+            ax.plot(curve.index, curve[(metric, kind)], style, label="ViT (first cpu recipe)" if kind == "vit" else
                     "reference CNN")
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(curve.index), [f"{n:,}" for n in curve.index])
