@@ -267,7 +267,8 @@ def test_the_reference_cnn_has_the_conv_stem_and_no_attention():
 # What this machine can hold, refused before anything is allocated
 
 ROWS = [get_preset(name).model for name in ("sample", "cpu-plain", "cpu", "cpu-full", "seed", "gpu")] + [
-    get_preset("cpu").model.replace(family="cnn", mlp="linear"), get_preset("cpu-plain").model.replace(attention="lsa", stem="spt")]
+    get_preset("cpu").model.replace(family="cnn", mlp="linear"),
+    get_preset("cpu-plain").model.replace(attention="lsa", stem="spt")]
 
 
 @pytest.mark.parametrize("cfg", ROWS, ids=lambda cfg: f"{cfg.family}-{cfg.attention}-{cfg.stem}-{cfg.image_size}px")
