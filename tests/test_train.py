@@ -489,6 +489,13 @@ def test_export_as_a_shipped_preset_carries_that_preset_only_when_the_recipe_is_
     assert not (tmp_path / "other.pt").exists()
 
 
+def test_export_as_a_preset_that_does_not_exist_names_the_presets(finished, tmp_path):
+    """Once a KeyError: 'cpu-lng' and a traceback."""
+    with pytest.raises(PresetError, match="no preset 'cpu-lng'.*cpu-long"):
+        checkpoints.export_checkpoint(finished.run_dir, tmp_path / "x.pt", command="pytest", as_preset="cpu-lng")
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_a_run_is_recorded_in_another_csv_with_the_command_that_reproduces_it(finished, tmp_path, monkeypatch):
     """The ablation's record: the shipped reference runs are left alone, and each row carries its command."""
     monkeypatch.setattr(checkpoints, "REFERENCE_RUNS", tmp_path / "reference-runs.csv")

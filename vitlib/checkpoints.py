@@ -40,7 +40,7 @@ from . import __version__
 from .files import atomic_path, runs_dir, shown, write_atomic
 from .models import ModelConfig, build_model, config_dict, count_parameters
 from .models import describe as describe_model
-from .presets import PRESETS, Preset
+from .presets import PRESETS, Preset, get_preset
 
 CHECKPOINT_FORMAT = 2  # 2: data_id added
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -355,8 +355,10 @@ def _is_kind(config, kind: str, preset: str | None = None) -> bool:
         cfg = ModelConfig(**config)
     except (TypeError, ValueError):
         return True
-    if kind in ("cpu", "cpu-long"):
-        return cfg == PRESETS[kind].model and (kind == "cpu" or preset == kind)
+    if kind == "cpu-long":  # the cpu model, trained by the preset of that name
+        return cfg == PRESETS["cpu-long"].model and preset == "cpu-long"
+    if kind == "cpu":
+        return cfg == PRESETS["cpu"].model
     if kind == "cnn":
         return cfg.family == "cnn"
     return cfg.family == "vit" and cfg.stem == "patch" and cfg.attention == kind
@@ -398,7 +400,7 @@ def export_checkpoint(run_dir: Path, out: Path, command: str, as_preset: str | N
     """
     ckpt = load_checkpoint(Path(run_dir) / "best.pt")
     if as_preset is not None:
-        shipped, ran = PRESETS[as_preset], Preset.from_dict(ckpt["preset"])
+        shipped, ran = get_preset(as_preset), Preset.from_dict(ckpt["preset"])
         if ran.replace(name=shipped.name, about=shipped.about) != shipped:
             raise CheckpointError(f"{shown(run_dir)} trained another recipe than the {as_preset} preset: export it "
                                   "without as_preset, or train that preset")

@@ -290,7 +290,7 @@ class LocalFeedForward(nn.Module):
 
 def use_local_mlps(model: nn.Module, cfg: ModelConfig) -> None:
     """Replace every block's MLP of a freshly built efficient (Linformer) or standard ViT by a LocalFeedForward."""
-    hidden, first = 4 * cfg.dim, model.cls_token.numel() // cfg.dim  # the standard ViT has none when it pools the mean
+    hidden, first = 4 * cfg.dim, cfg.cls_tokens  # the tokens before the grid: the CLS token, where there is one
     if cfg.attention == "linformer":  # linformer's blocks: [PreNorm(attention), PreNorm(FeedForward)]
         for _, ff in model.transformer.net.layers:
             ff.fn = LocalFeedForward(cfg.dim, hidden, cfg.grid, cfg.dropout, norm=False, first=first)

@@ -133,6 +133,8 @@ ABLATION_RECORD = Path(__file__).parent / "pretrained" / "ablation-cpu.csv"  # w
 SEARCH_RECORD = ABLATION_RECORD.with_name("search-cpu.csv")
 ABLATION_BASE = "cpu-plain"  # the plain ViT every row starts from
 CPU_ROW = ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21", "model.heads=4"]  # cpu
+# the second round's changes to it: the tokens' mean, full attention, a depthwise convolution in every MLP
+SECOND_ROUND = ["model.pool=mean", "model.attention=full", "model.kv_init=uniform", "model.mlp=local"]
 DATA_CURVE = (2000, 4000, 8000)  # training photos of the data curve's smaller points (16,000: the whole split)
 ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m vitlib train --set KEY=VALUE)
     "cpu-plain": [],
@@ -205,23 +207,18 @@ ABLATION_ROWS = {  # name: the settings changed from the base preset (python -m 
     # and full attention beside it: Linformer's k = 64 projects 37 keys up to 64, it compresses nothing here
     "cpu-full-meanpool": [*CPU_ROW, "model.pool=mean", "model.attention=full", "model.kv_init=uniform"],
     # locality in every block's MLP: a 3x3 depthwise convolution between its two layers (LocalViT), on cpu-full-meanpool
-    "cpu-full-meanpool-local": [*CPU_ROW, "model.pool=mean", "model.attention=full", "model.kv_init=uniform",
-                                "model.mlp=local"],
+    "cpu-full-meanpool-local": [*CPU_ROW, *SECOND_ROUND],
     # an exponential moving average of the weights (decay 0.998: about the last 4 of 21 epochs' 2,625 steps), validated
     # and saved as the model: against the end-of-run noise behind the seed spread; on the ViT and on the reference CNN
-    "cpu-full-meanpool-local-ema": [*CPU_ROW, "model.pool=mean", "model.attention=full", "model.kv_init=uniform",
-                                    "model.mlp=local", "ema=0.998"],
+    "cpu-full-meanpool-local-ema": [*CPU_ROW, *SECOND_ROUND, "ema=0.998"],
     "cnn-96px-36ep-ema": ["model.family=cnn", "model.stem=conv", "model.image_size=96", "model.patch_size=16",
                           "epochs=36", "ema=0.998"],
     # training seeds 1 and 2 of the search's best single run (0.9002 / 0.2575), the split fixed: does it hold?
-    **{f"cpu-full-meanpool-local-seed{seed}": [*CPU_ROW, "model.pool=mean", "model.attention=full",
-                                               "model.kv_init=uniform", "model.mlp=local", f"seed={seed}"]
-       for seed in (1, 2)},
+    **{f"cpu-full-meanpool-local-seed{seed}": [*CPU_ROW, *SECOND_ROUND, f"seed={seed}"] for seed in (1, 2)},
     # the hour-long recipe (cpu-long: 80 epochs, crops of 35-100 %, row conv-96px-p16-80ep-heads4-crop35) with the
     # search's changes (mean pooling, full attention, the depthwise convolution in every MLP): the ViT to ship
     "cpu-long-full-meanpool-local": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=80",
-                                     "model.heads=4", "augment.scale=[0.35, 1.0]", "model.pool=mean",
-                                     "model.attention=full", "model.kv_init=uniform", "model.mlp=local"],
+                                     "model.heads=4", "augment.scale=[0.35, 1.0]", *SECOND_ROUND],
     # the data curve: the cpu recipe (21 epochs) and the reference CNN (36 epochs) on nested subsets of the 16,000
     # training photos, validated on the same 4,000; at 16,000 they are conv-96px-p16-21ep-heads4 and cnn-96px-36ep
     **{f"data-{n}-vit": ["model.stem=conv", "model.image_size=96", "model.patch_size=16", "epochs=21",
