@@ -12,6 +12,7 @@ from PIL import Image
 from vitlib import patches
 from vitlib.data import DogsVsCats
 from vitlib.models import ModelConfig, build_model, pos_embedding
+from vitlib.presets import get_preset
 
 TINY = ModelConfig(image_size=32, patch_size=8, dim=16, depth=1, heads=2, k=8)
 
@@ -157,3 +158,12 @@ def test_plots_draw_what_they_say():
     fig = patches.plot_position_similarity({"a": sim, "b": sim.neg()})
     assert len(fig.axes) == 3  # two panels and the colour bar
     plt.close("all")
+
+
+def test_sequence_costs_count_a_cls_token_only_where_the_model_has_one():
+    """The cpu model answers from its tokens' mean and has none: 36 tokens at 96 px in 16-pixel patches, not 37."""
+    cfg = get_preset("cpu").model
+    table = patches.sequence_costs(cfg.image_size, (16, 8), cfg.dim, cfg.k, cls_tokens=cfg.cls_tokens)
+    assert list(table["tokens"]) == [cfg.seq_len, 144] == [36, 144]
+    assert table.loc[8, "MMAC_full_attention"] / table.loc[16, "MMAC_full_attention"] == 16
+    assert patches.sequence_costs(96, (16,)).loc[16, "tokens"] == 37  # the default: a CLS token

@@ -76,8 +76,9 @@ def conv_tokens(conv: nn.Conv2d, images: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_costs(image_size: int = 224, patch_sizes=(32, 16, 8, 4), dim: int = 128, k: int = 64,
-                   mlp_ratio: int = 4) -> pd.DataFrame:
-    """What a patch size costs: tokens, and multiply-adds per transformer layer for one image.
+                   mlp_ratio: int = 4, cls_tokens: int = 1) -> pd.DataFrame:
+    """What a patch size costs: tokens (the patches and `cls_tokens`, ModelConfig.cls_tokens: 0 for a model that
+    answers from the tokens' mean), and multiply-adds per transformer layer for one image.
 
     Per layer and token the linear parts (Q, K, V and output projections: 4 d^2; the MLP:
     2 * mlp_ratio * d^2) cost the same whatever the length n; full attention adds 2 n^2 d
@@ -87,7 +88,7 @@ def sequence_costs(image_size: int = 224, patch_sizes=(32, 16, 8, 4), dim: int =
     rows = []
     for p in patch_sizes:
         grid = image_size // p
-        n = grid * grid + 1
+        n = grid * grid + cls_tokens
         linear = n * (4 + 2 * mlp_ratio) * dim * dim
         rows.append({"patch_size": p, "grid": grid, "patches": grid * grid, "tokens": n,
                      "values_per_patch": 3 * p * p, "attention_scores": n * n,
